@@ -26,11 +26,10 @@ class AutoregressiveObjective:
         logits = model(inp)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
 
-    def loss(self, model, x, valid, generator=None):
-        nll = self._token_nll(model, x)  # (B, T)
-        return (nll * valid).sum() / valid.sum().clamp_min(1)
+    def loss_sum(self, model, x, valid, generator=None):
+        return (self._token_nll(model, x) * valid).sum()
 
     def evaluate(self, model, x, valid, generator=None):
-        nll = (self._token_nll(model, x) * valid).sum()
+        nll = (self._token_nll(model, x).double() * valid).sum()
         return EvalSums(nll.double(), torch.zeros((), dtype=torch.float64, device=x.device),
                         valid.sum().double())

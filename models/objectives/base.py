@@ -32,9 +32,10 @@ class Objective(Protocol):
     #: attention direction the backbone must use with this objective
     causal: bool
 
-    def loss(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss: mean per valid token of ``x`` (B, T); ``valid`` (B, T) bool marks real tokens."""
+    def loss_sum(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss summed over the valid tokens of ``x`` (B, T); ``valid`` (B, T) bool marks real
+        tokens. Dividing by the number of valid tokens gives the per-token loss."""
         ...
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,

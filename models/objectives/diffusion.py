@@ -6,7 +6,8 @@ t_i = eps + (1 - eps) * ((u + i / B) mod 1), and
 
     loss = sum over masked tokens of CE(x_0 | x_t) / t   /   number of valid tokens,
 
-which is, in expectation over t and the masks, the negative ELBO per token (an upper bound on
+which is, in expectation over t and the masks, the negative ELBO per token (``loss_sum`` returns
+the numerator; the trainer divides by the valid tokens of the whole step, across ranks) (an upper bound on
 the NLL). eps = 1e-3 as in MDLM, SMDM and Prabhudesai et al.
 
 Validation: K Monte Carlo draws per sequence with stratified t_k = eps + (1 - eps) (u + k) / K and
@@ -50,9 +51,9 @@ class MaskedDiffusionObjective:
         u = (torch.rand(1, generator=generator) + torch.arange(batch) / batch) % 1.0
         return self.eps + (1 - self.eps) * u
 
-    def loss(self, model, x, valid, generator=None):
+    def loss_sum(self, model, x, valid, generator=None):
         t = self.stratified_t(x.shape[0], generator).to(x.device)
-        return self._weighted_ce(model, x, valid, t, generator).sum() / valid.sum().clamp_min(1)
+        return self._weighted_ce(model, x, valid, t, generator).sum()
 
     def evaluate(self, model, x, valid, generator):
         B, K = x.shape[0], self.mc_samples

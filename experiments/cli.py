@@ -1,0 +1,158 @@
+"""``crossover`` command line: train, sweep, report, fit, sample, bench.
+
+Bad input (unknown names, missing files, impossible budgets) ends with one line on stderr naming
+the problem and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data import BudgetError, CorpusError
+    from experiments.config import ConfigError
+
+    return (UsageError, ConfigError, CorpusError, BudgetError, FileNotFoundError)
+
+
+# --------------------------------------------------------------------------- train
+_TRAIN_POSITIONAL = ("objective", "unique_tokens", "epochs", "model", "corpus", "attention")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def add_run_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per RunConfig field, with the field's help; defaults stay unset (None) so a
+    YAML config can supply them and only flags actually given override it."""
+    from experiments.config import RunConfig
+
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f"{f.metadata['help']} (default: {default!r})"
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif f.type in ("list", "dict"):
+            p.add_argument(flag, dest=f.name, type=_parse_value, default=None, metavar="YAML", help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[f.type], default=None,
+                           help=help_)
+
+
+def run_config_from_args(args: argparse.Namespace, model_args: list[str] | None = None):
+    from experiments.config import RunConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+                 if getattr(args, f.name, None) is not None}
+    if model_args:
+        extra = dict(overrides.get("model_args") or {})
+        for item in model_args:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--model-arg expects KEY=VALUE, got {item!r}")
+            extra[key] = _parse_value(value)
+        overrides["model_args"] = extra
+    if args.config:
+        return RunConfig.from_yaml(args.config, **overrides)
+    return RunConfig.from_dict(overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from experiments.train import train
+
+    cfg = run_config_from_args(args, args.model_arg)
+    rows = train(cfg, Path(args.out), run_id=args.run_id)  # checks everything before the folder exists
+    last = rows[-1] if rows else None
+    if last:
+        print(json.dumps({k: last[k] for k in ("run_id", "objective", "unique_tokens", "epochs", "val_loss",
+                                               "val_loss_se", "val_bpb", "flops")}))
+    return 0
+
+
+# --------------------------------------------------------------------------- fit / report
+def cmd_fit(args: argparse.Namespace) -> int:
+    from analysis.fits import fit_table
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise UsageError(f"results table {str(path)!r} does not exist")
+    print(json.dumps(fit_table(path), indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    folder = Path(args.dir)
+    results = folder / "results.csv" if folder.is_dir() else folder
+    if not results.is_file():
+        raise UsageError(f"no results table at {str(results)!r}")
+    out = Path(args.out) if args.out else results.parent / "report"
+    print(write_report(results, out))
+    print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossover",
+        description="When does masked diffusion beat autoregression as unique data runs out? "
+                    "Train both on exact unique-token budgets, fit the data-constrained laws, plot the crossover.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one run (AR or diffusion) on an exact unique-token budget",
+                       description="Train one run. Flags override --config (YAML), which overrides the defaults. "
+                                   "Rerunning on the same --out resumes it (or does nothing when complete).")
+    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds the same run)")
+    p.add_argument("--config", help="YAML file of run-config keys")
+    p.add_argument("--run-id", help="run id in the results table (default: the folder name)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="override one field of the model preset, e.g. --model-arg n_layer=6 (repeatable)")
+    add_run_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit", help="fit the data-constrained laws and the crossover of a results table (JSON)")
+    p.add_argument("results", help="results.csv")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("report", help="figures and summary.md from a sweep folder's results.csv")
+    p.add_argument("dir", help="sweep folder (or a results.csv)")
+    p.add_argument("--out", help="report folder (default: DIR/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"crossover {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"crossover {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The results table (DESIGN contract 4): one row per evaluation point, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: Columns in order; the first twelve are contract 4, the rest provenance and uncertainty.
+COLUMNS = [
+    "run_id", "objective", "attention", "model", "params", "non_embedding_params", "unique_tokens",
+    "epochs", "tokens_seen", "flops", "val_loss", "seed",
+    "val_loss_se", "val_bpb", "val_tokens", "mc_samples", "step", "train_time_s", "eval_time_s",
+    "seq_len", "vocab_size", "batch_size", "lr", "schedule", "corpus", "corpus_fingerprint", "tokenizer_hash",
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def upsert_row(path: Path, row: dict[str, Any], key: tuple[str, ...] = ("run_id", "epochs")) -> None:
+    """Add ``row``, replacing a row with the same key (a re-evaluated epoch after a resume)."""
+    rows = [r for r in read_rows(path) if tuple(str(r[k]) for k in key) != tuple(str(row[k]) for k in key)]
+    rows.append(row)
+    rows.sort(key=lambda r: (str(r["run_id"]), int(r["epochs"])))
+    write_rows(path, rows)

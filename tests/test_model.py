@@ -1,0 +1,61 @@
+"""Backbone: causality, parameter counts, GQA, KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import KVCache, ModelConfig, Transformer
+
+
+def make(causal: bool, **kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.from_name("tiny", vocab_size=50, seq_len=32, causal=causal, **kw)).eval()
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_head": 4, "n_kv_head": 2}], ids=["mha", "gqa"])
+def test_causal_model_does_not_see_the_future_and_bidirectional_does(kw):
+    x = torch.randint(3, 50, (2, 32))
+    t = 13
+    y = x.clone()
+    y[:, t:] = torch.randint(3, 50, (2, 32 - t))
+    ar, bi = make(True, **kw), make(False, **kw)
+    with torch.no_grad():
+        assert torch.allclose(ar(x)[:, :t], ar(y)[:, :t], atol=1e-6)
+        assert not torch.allclose(ar(x)[:, t:], ar(y)[:, t:], atol=1e-3)
+        assert not torch.allclose(bi(x)[:, :t], bi(y)[:, :t], atol=1e-3)
+
+
+def test_parameter_counts_by_hand():
+    c = ModelConfig(vocab_size=100, n_layer=3, n_head=4, n_kv_head=2, d_model=64, d_ff=96, seq_len=16)
+    m = Transformer(c)
+    d, hd, L = 64, 16, 3
+    attn = d * 4 * hd + 2 * d * 2 * hd + 4 * hd * d  # wq, wk, wv (2 kv heads), wo
+    mlp = 3 * d * 96
+    per_layer = attn + mlp + 2 * d  # two RMSNorm weights
+    assert m.num_params(non_embedding=True) == L * per_layer + d  # + final norm
+    assert m.num_params() == L * per_layer + d + 100 * d  # tied embedding counted once
+
+
+def test_swiglu_width_default():
+    assert ModelConfig(d_model=128).d_ff == 352  # 8/3 * 128 = 341.3, rounded up to a multiple of 32
+
+
+def test_kv_cache_matches_full_forward():
+    m = make(True, n_head=4, n_kv_head=2)
+    x = torch.randint(3, 50, (2, 20))
+    with torch.no_grad():
+        full = m(x)
+        cache = KVCache()
+        parts = [m(x[:, :7], cache)] + [m(x[:, i : i + 1], cache) for i in range(7, 20)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    assert cache.length == 20
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=100, n_head=3)
+    with pytest.raises(KeyError, match="unknown model preset"):
+        ModelConfig.from_name("huge")
+    with pytest.raises(KeyError, match="unknown attention kind"):
+        Transformer(ModelConfig(attention="nope"))

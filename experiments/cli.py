@@ -92,7 +92,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = Path(args.results)
     if not path.is_file():
         raise UsageError(f"results table {str(path)!r} does not exist")
-    print(json.dumps(fit_table(path), indent=2))
+    print(json.dumps(fit_table(path, attention=args.attention, fit_points=args.fit_points,
+                               n_bootstrap=args.bootstrap), indent=2))
     return 0
 
 
@@ -104,7 +105,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not results.is_file():
         raise UsageError(f"no results table at {str(results)!r}")
     out = Path(args.out) if args.out else results.parent / "report"
-    print(write_report(results, out))
+    print(write_report(results, out, fit_points=args.fit_points, n_bootstrap=args.bootstrap))
     print(f"report written to {out}", file=sys.stderr)
     return 0
 
@@ -129,13 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
+    def fit_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--fit-points", choices=["up_to_best", "all"], default="up_to_best",
+                       help="points the data-constrained law is fitted to: each curve up to its best epoch "
+                            "(default), or all")
+        p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for R_D* uncertainty")
+
     p = sub.add_parser("fit", help="fit the data-constrained laws and the crossover of a results table (JSON)")
     p.add_argument("results", help="results.csv")
+    p.add_argument("--attention", help="attention kind to analyse (default: the only one, else dense)")
+    fit_options(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("report", help="figures and summary.md from a sweep folder's results.csv")
     p.add_argument("dir", help="sweep folder (or a results.csv)")
     p.add_argument("--out", help="report folder (default: DIR/report)")
+    fit_options(p)
     p.set_defaults(func=cmd_report)
     return parser
 

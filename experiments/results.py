@@ -12,7 +12,7 @@ from typing import Any
 COLUMNS = [
     "run_id", "objective", "attention", "model", "params", "non_embedding_params", "unique_tokens",
     "epochs", "tokens_seen", "flops", "val_loss", "seed",
-    "val_loss_se", "val_bpb", "val_tokens", "mc_samples", "step", "train_time_s", "eval_time_s",
+    "val_loss_se", "val_bpb", "val_tokens", "mc_samples", "elbo_weight", "mask_eps", "step", "train_time_s", "eval_time_s",
     "seq_len", "vocab_size", "batch_size", "lr", "schedule", "corpus", "corpus_fingerprint", "tokenizer_hash",
 ]
 

@@ -174,7 +174,9 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     row_base = {
         "run_id": run_id, "objective": cfg.objective, "attention": cfg.attention, "model": cfg.model,
         "params": prep.params, "non_embedding_params": prep.non_embedding_params, "unique_tokens": cfg.unique_tokens,
-        "seed": cfg.seed, "mc_samples": info["mc_samples"], "seq_len": prep.model_config.seq_len,
+        "seed": cfg.seed, "mc_samples": info["mc_samples"],
+        "elbo_weight": "1/t" if cfg.objective == "diffusion" else "",
+        "mask_eps": cfg.diffusion_eps if cfg.objective == "diffusion" else "", "seq_len": prep.model_config.seq_len,
         "vocab_size": len(prep.tokenizer), "batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule,
         "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
     }

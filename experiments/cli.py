@@ -22,9 +22,11 @@ class UsageError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data import BudgetError, CorpusError
+    from experiments.checkpoint import CheckpointError
     from experiments.config import ConfigError
+    from models.sampling import SamplingError
 
-    return (UsageError, ConfigError, CorpusError, BudgetError, FileNotFoundError)
+    return (UsageError, ConfigError, CorpusError, BudgetError, CheckpointError, SamplingError, FileNotFoundError)
 
 
 # --------------------------------------------------------------------------- train
@@ -110,6 +112,57 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sweep
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from experiments import sweep
+
+    spec = sweep.SweepSpec.load(args.spec)
+    cells = spec.cells()  # refuses unknown axes, empty axes and bad cell configs
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    sweep.check_cells(cells)  # budgets against the corpus, before any cell starts
+    root = Path(args.out or Path("runs") / spec.name)
+    sweep.init_folder(root, spec)
+    print(f"sweep {spec.name}: {len(cells)} cells in {root}", file=sys.stderr)
+    if args.executor == "local":
+        results = sweep.run_local(root, cells, args.workers, progress=not args.no_progress)
+    else:
+        results = sweep.run_submitit(root, cells, spec.slurm, cluster="local" if args.executor == "submitit-local" else None)
+    failed = sorted(k for k, v in results.items() if v != "done")
+    if any(v == "done" for v in results.values()):
+        args.dir, args.out = str(root), None
+        cmd_report(args)
+    if failed:
+        print(f"{len(failed)} cell(s) did not finish: {', '.join(failed)} (see crossover sweep status {root})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from experiments import sweep
+
+    root = Path(args.dir)
+    if not (root / "sweep.yaml").is_file():
+        raise UsageError(f"{str(root)!r} is not a sweep folder (no sweep.yaml)")
+    table = sweep.status_table(root)
+    width = max(len(c) for c, _, _ in table)
+    for cell_id, state, detail in table:
+        print(f"{cell_id:<{width}}  {state:<11}  {detail}")
+    counts = {s: sum(1 for _, x, _ in table if x == s) for s in ("done", "running", "failed", "interrupted", "pending")}
+    print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_sweep_list(args: argparse.Namespace) -> int:
+    from experiments import sweep
+
+    for name in sweep.preset_names():
+        spec = sweep.SweepSpec.load(name)
+        print(f"{name:<12} {len(spec.cells()):>4} cells  {spec.description}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -135,6 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="points the data-constrained law is fitted to: each curve up to its best epoch "
                             "(default), or all")
         p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for R_D* uncertainty")
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (a preset or a YAML spec) and report; status of a sweep")
+    swsub = sw.add_subparsers(dest="sweep_command", required=True, metavar="SWEEP_COMMAND")
+    p = swsub.add_parser("run", help="train every cell of a sweep (skipping done cells, resuming interrupted ones), "
+                                     "then write the report")
+    p.add_argument("spec", help="preset name (crossover sweep list) or a sweep YAML file")
+    p.add_argument("--out", help="sweep folder (default: runs/<name>)")
+    p.add_argument("--workers", type=int, default=1, help="cells trained at once (local executor); each gets "
+                                                          "cores // workers threads")
+    p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local subprocesses, a SLURM job array through submitit, or submitit's local executor")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_sweep_run, fit_points="up_to_best", bootstrap=200)
+    p = swsub.add_parser("status", help="done / running / failed / interrupted / pending cells of a sweep folder")
+    p.add_argument("dir", help="sweep folder")
+    p.set_defaults(func=cmd_sweep_status)
+    p = swsub.add_parser("list", help="the sweep presets shipped with the package")
+    p.set_defaults(func=cmd_sweep_list)
+
+    from experiments import sample
+
+    p = sub.add_parser("sample", help="generate from a checkpoint (diffusion: parallel samplers; AR: KV cache)")
+    sample.add_sample_arguments(p)
+    p.set_defaults(func=sample.cmd_sample)
+
+    bench = sub.add_parser("bench", help="benchmarks: sample (speed/quality), attention, train")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    p = bsub.add_parser("sample", help="diffusion samplers against AR: tokens/s, passes per token, generative NLL")
+    sample.add_bench_sample_arguments(p)
+    p.set_defaults(func=sample.cmd_bench_sample)
 
     p = sub.add_parser("fit", help="fit the data-constrained laws and the crossover of a results table (JSON)")
     p.add_argument("results", help="results.csv")

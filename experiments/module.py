@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
+import json
 import logging
+import os
+import tempfile
 import warnings
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from models import ModelConfig, Transformer
@@ -94,6 +99,38 @@ class LitLM(L.LightningModule):
                       o["decay_fraction"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed: a kill mid-write never corrupts ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class ProgressFile(L.Callback):
+    """Writes ``{"epoch", "epochs", "step"}`` after every epoch, for sweep progress displays."""
+
+    def __init__(self, path, epochs: int):
+        self.path, self.epochs = path, epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            from experiments.results import atomic_write_text
+
+            atomic_write_text(self.path, json.dumps({"epoch": trainer.current_epoch + 1, "epochs": self.epochs,
+                                                     "step": trainer.global_step}))
 
 
 class ProgressBar(TQDMProgressBar):

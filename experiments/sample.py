@@ -33,8 +33,15 @@ from typing import Any
 import torch
 
 from experiments.checkpoint import CheckpointError, LoadedRun, load_checkpoint
-from models.sampling import (SAMPLER_OPTIONS, SAMPLERS, LogitsProcessor, SampleResult, SamplingError, build_sampler,
-                             generate)
+from models.sampling import (
+    SAMPLER_OPTIONS,
+    SAMPLERS,
+    LogitsProcessor,
+    SampleResult,
+    SamplingError,
+    build_sampler,
+    generate,
+)
 
 PLACEHOLDER = re.compile(r"\[MASK(?::(\d+))?\]")
 DEFAULT_LENGTH = 64
@@ -99,22 +106,31 @@ def make_processor(tokenizer, *, temperature: float = 1.0, top_k: int | None = N
 
 
 # --------------------------------------------------------------------------- generation
+def torch_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SamplingError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SamplingError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
 def generate_samples(run: LoadedRun, template: Template, num: int, *, processor: LogitsProcessor,
                      sampler: str = "ancestral", options: dict[str, Any] | None = None, seed: int = 0,
                      device: str = "cpu") -> tuple[SampleResult, float]:
     """``num`` samples of ``template`` in one batch, and the seconds they took."""
     if num < 1:
         raise SamplingError(f"--num must be at least 1, got {num}")
-    dev = torch.device(device)
-    model = run.model.to(dev)
-    generator = torch.Generator(dev).manual_seed(seed)
-    ids = template.ids.to(dev).expand(num, -1)  # (B, T)
     if run.objective == "ar" and template.prompt_length is None:
         raise SamplingError("an AR checkpoint cannot infill: it only continues a prompt (use a diffusion checkpoint)")
     if run.objective == "diffusion":
         diffusion = build_sampler(sampler, mask_id=run.tokenizer.mask_token_id, processor=processor,
                                   **(options or {}))
-        diffusion.check(template.num_masked)
+    dev = torch_device(device)
+    model = run.model.to(dev)
+    generator = torch.Generator(dev).manual_seed(seed)
+    ids = template.ids.to(dev).expand(num, -1)  # (B, T)
     start = time.perf_counter()
     with torch.inference_mode():
         if run.objective == "ar":
@@ -122,7 +138,7 @@ def generate_samples(run: LoadedRun, template: Template, num: int, *, processor:
             result = generate(model, ids[:, :P], ids.shape[1] - P, bos_id=run.tokenizer.eos_token_id,
                               processor=processor, generator=generator)
         else:
-            result = diffusion(model, ids.clone(), generator)
+            result = diffusion(model, ids, generator)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return result, time.perf_counter() - start
@@ -143,7 +159,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="ancestral / remask: denoising steps (default: tokens to generate)")
     p.add_argument("--block-length", type=int,
                    help="remask / threshold: semi-autoregressive block, in [MASK] tokens (default: one block)")
-    p.add_argument("--threshold", type=float, help="threshold: commit every token with confidence >= this (default 0.9)")
+    p.add_argument("--threshold", type=float,
+                   help="threshold: commit every token with confidence >= this (default 0.9)")
     p.add_argument("--length", type=int, help=f"tokens to generate after the prompt (default {DEFAULT_LENGTH})")
     p.add_argument("--prompt", help="text to continue (included in the output)")
     p.add_argument("--infill", metavar="TEMPLATE",
@@ -151,8 +168,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=4, help="samples, decoded as one batch (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (default 1)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set holding this probability (nucleus)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (every sampler)")
+    p.add_argument("--top-p", type=float,
+                   help="sample from the smallest set of tokens holding this probability (nucleus; every sampler)")
     p.add_argument("--no-eod", dest="allow_eod", action="store_false",
                    help="never generate [EOD] (the document separator; allowed by default)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -165,13 +183,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     processor = make_processor(run.tokenizer, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                allow_eod=args.allow_eod)
     sampler, options = args.sampler or "ancestral", {}
-    if run.objective == "ar":
-        ignored = ["--" + k.replace("_", "-") for k in ("sampler", "steps", "block_length", "threshold")
-                   if getattr(args, k) is not None]
-        cache = "with a KV cache" if run.model.supports_kv_cache else "recomputing (attention kind has no KV cache)"
-        print(f"autoregressive checkpoint: decoding left to right {cache}"
-              + (f"; ignoring {', '.join(ignored)} (diffusion only)" if ignored else ""), file=sys.stderr)
-    else:
+    if run.objective == "diffusion":
         options = sampler_options(sampler, steps=args.steps, block_length=args.block_length,
                                   threshold=args.threshold, num_masked=template.num_masked)
     result, seconds = generate_samples(run, template, args.num, processor=processor, sampler=sampler,
@@ -179,12 +191,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for i, row in enumerate(result.tokens.tolist()):
         print(f"--- sample {i + 1}/{args.num} ---")
         print(run.tokenizer.decode(row, skip_special_tokens=False))
-    per_step = result.committed.double()
+    if run.objective == "ar":
+        ignored = ["--" + k.replace("_", "-") for k in ("sampler", "steps", "block_length", "threshold")
+                   if getattr(args, k) is not None]
+        cache = "with a KV cache" if run.model.supports_kv_cache else "recomputing (attention kind has no KV cache)"
+        print(f"autoregressive checkpoint: decoded left to right {cache}"
+              + (f"; ignored {', '.join(ignored)} (diffusion only)" if ignored else ""), file=sys.stderr)
+    per_step = result.committed[result.committed > 0].double()  # steps that commit, per sample
     name = "ar" if run.objective == "ar" else " ".join([sampler] + [f"{k}={v}" for k, v in options.items() if v])
     print(f"{name}: {result.forward_passes} forward passes (batch of {args.num}), "
           f"{result.tokens_per_pass:.2f} tokens per forward pass (per sample), "
           f"{result.generated * args.num / seconds:.1f} tokens/s ({result.generated * args.num:.0f} tokens in "
-          f"{seconds:.2f} s); tokens committed per step: mean {per_step.mean():.2f}, max {per_step.max():.0f}",
+          f"{seconds:.2f} s); tokens per committing step: mean {per_step.mean():.2f}, max {per_step.max():.0f}",
           file=sys.stderr)
     return 0
 
@@ -232,7 +250,8 @@ def add_bench_sample_arguments(p: argparse.ArgumentParser) -> None:
 def _load_kind(path: str, objective: str, role: str) -> LoadedRun:
     run = load_checkpoint(path)
     if run.objective != objective:
-        raise CheckpointError(f"{role} {path!r} is a {run.objective!r} checkpoint; expected {objective!r}")
+        raise CheckpointError(f"{role} {path!r} holds a {run.objective!r} run; {role} must be a {objective!r} "
+                              "checkpoint")
     return run
 
 
@@ -300,26 +319,49 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_frontier(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
-    """Generative NLL against forward passes per token and against tokens/s; AR's point starred."""
+    """Generative NLL against forward passes per token (left) and tokens/s (right); AR's point starred.
+
+    The left panel labels each point with its steps or threshold; points that coincide there (e.g.
+    thresholds a model never reaches) share one label. The right panel shows the same points."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
+    names = [n for n in SAMPLERS if any(r["sampler"] == n for r in rows)]
+    ar = next(r for r in rows if r["sampler"] == "ar")
     for ax, key, label in ((axes[0], "forward_passes_per_token", "forward passes per generated token"),
                            (axes[1], "tokens_per_s", "throughput (generated tokens/s, batch 1)")):
-        for name in [n for n in SAMPLERS if any(r["sampler"] == n for r in rows)]:
+        for name in names:
             pts = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r[key])
             ax.plot([r[key] for r in pts], [r["gen_nll"] for r in pts], marker="o", label=name)
-            for r in pts:
-                tag = f"τ={r['threshold']:g}" if name == "threshold" else f"{r['steps']} st"
-                ax.annotate(tag, (r[key], r["gen_nll"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ar = next(r for r in rows if r["sampler"] == "ar")
         ax.scatter([ar[key]], [ar["gen_nll"]], marker="*", s=220, color="black", zorder=5, label="AR (KV cache)")
-        ax.set_xscale("log")
+        # passes per token fall on powers of two (steps = length/1, /2, /4, ...); plain numbers on both axes
+        ax.set_xscale("log", base=2 if key == "forward_passes_per_token" else 10)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.12)
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("generative NLL under the AR model (nats/token)")
-    axes[0].legend()
+    ax = axes[0]
+    steps: dict[tuple[float, float], list[int]] = {}
+    taus: dict[tuple[float, float], list[float]] = {}
+    for r in rows:
+        xy = (r["forward_passes_per_token"], r["gen_nll"])
+        if r["sampler"] == "threshold":
+            taus.setdefault(xy, []).append(r["threshold"])
+        elif r["sampler"] != "ar":
+            steps.setdefault(xy, []).append(r["steps"])
+    lo, hi = (math.log(v) for v in ax.get_xlim())
+    for xy in {**steps, **taus}:
+        t = sorted(taus.get(xy, []))
+        text = ", ".join(([f"{'/'.join(map(str, steps[xy]))} steps"] if xy in steps else [])
+                         + ([f"τ={t[0]:g}" + (f"…{t[-1]:g} ({len(t)})" if len(t) > 1 else "")] if t else []))
+        right = (math.log(xy[0]) - lo) / (hi - lo) > 0.7  # label to the left of points near the right edge
+        ax.annotate(text, xy, textcoords="offset points", xytext=(-4 if right else 4, 4),
+                    ha="right" if right else "left", fontsize=7)
+    ax.set_ylabel("generative NLL under the AR model (nats/token)")
+    ax.legend()
     fig.suptitle(title)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "bench_sample.png", out / "bench_sample.pdf"]

@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -125,8 +126,10 @@ def run_id_for(out: Path) -> str:
 
 
 def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepared: Prepared | None = None,
-          quiet: bool = False) -> list[dict[str, str]]:
-    """Train (or resume, or skip when complete) the run in ``out``; returns its results rows."""
+          quiet: bool = False, on_start: Callable[[], None] | None = None) -> list[dict[str, str]]:
+    """Train (or resume, or skip when complete) the run in ``out``; returns its results rows.
+
+    ``on_start`` is called once the run folder exists, before training (the sweep runner's lock)."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -134,7 +137,7 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
 
     from experiments.datamodule import BudgetDataModule
     from experiments.evaluation import EvaluationCallback
-    from experiments.module import LitLM, ProgressBar, quiet_lightning
+    from experiments.module import AtomicCheckpointIO, LitLM, ProgressBar, ProgressFile, quiet_lightning
 
     quiet_lightning()
 
@@ -165,6 +168,8 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
         "eval_epochs": cfg.resolved_eval_epochs(), "versions": {"torch": torch.__version__, "lightning": L.__version__},
     }
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    if on_start is not None:
+        on_start()
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     optim = {k: getattr(cfg, k) for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
@@ -182,9 +187,10 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     }
     evaluation = EvaluationCallback(prep.val, cfg.resolved_eval_epochs(), cfg.eval_batch_size,
                                     token_byte_lengths(prep.tokenizer), row_base, out / "results.csv")
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1,
-                                 save_on_train_epoch_end=True)
-    callbacks = [evaluation, checkpoint]
+    # one file, overwritten (atomically, see AtomicCheckpointIO) after every epoch
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks = [evaluation, ProgressFile(out / "progress.json", cfg.epochs), checkpoint]
     if cfg.progress and not quiet:
         callbacks.append(ProgressBar(refresh_rate=max(1, prep.steps_per_epoch // 20)))
     attempt = f"attempt-{len(list((out / 'metrics').glob('attempt-*')))}"  # a resumed run logs beside, not over
@@ -201,6 +207,7 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
         gradient_clip_val=cfg.grad_clip or None, logger=loggers, callbacks=callbacks,
         log_every_n_steps=cfg.log_every_n_steps, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, use_distributed_sampler=False, enable_progress_bar=cfg.progress and not quiet,
+        plugins=[AtomicCheckpointIO()],
     )
     data = BudgetDataModule(prep.train, prep.val, cfg.batch_size, cfg.seed)
     last = out / "checkpoints" / "last.ckpt"

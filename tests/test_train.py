@@ -86,6 +86,9 @@ def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, mon
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(train_args(corpus_spec, part, "diffusion", 1000, 4, *extra))
     assert [r["epochs"] for r in read_csv(part / "results.csv")] == ["1", "2", "3"]
+    import torch
+
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # saved after epoch 2
     monkeypatch.setattr(EvaluationCallback, "on_train_epoch_end", original)
     assert main(train_args(corpus_spec, part, "diffusion", 1000, 4, *extra)) == 0
 

@@ -1,0 +1,159 @@
+"""Sweep specs, the resumable runner (SIGKILL mid-cell), status, submitit, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli import main
+from experiments.sweep import SweepSpec, cell_status
+
+TIMING = {"train_time_s", "eval_time_s"}
+
+
+def spec_file(tmp_path: Path, corpus_spec: str, **changes) -> Path:
+    spec = {
+        "name": "t",
+        "axes": {"objective": ["ar", "diffusion"], "unique_tokens": [600, 1200], "epochs": [3]},
+        "settings": {"model": "tiny", "model_args": {"seq_len": 32}, "vocab_size": 320, "batch_size": 8,
+                     "val_tokens": 256, "corpus": corpus_spec, "schedule": "constant", "warmup_steps": 2,
+                     "eval_epochs": [1, 2, 3]},
+    }
+    for k, v in changes.items():
+        spec[k] = {**spec["settings"], **v} if k == "settings" else v
+    path = tmp_path / f"spec-{len(list(tmp_path.glob('spec-*')))}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def table(root: Path) -> list[dict[str, str]]:
+    with open(root / "results.csv") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_spec_expands_into_stable_cells(tmp_path, corpus_spec):
+    spec = SweepSpec.load(str(spec_file(tmp_path, corpus_spec, overrides=[{"where": {"objective": "ar"},
+                                                                           "set": {"epochs": 2}}])))
+    ids = [c.id for c in spec.cells()]
+    assert ids == ["ar-U600-E2-tiny-dense-s0", "ar-U1200-E2-tiny-dense-s0",
+                   "diffusion-U600-E3-tiny-dense-s0", "diffusion-U1200-E3-tiny-dense-s0"]
+    assert ids == [c.id for c in SweepSpec.load(str(spec_file(tmp_path, corpus_spec, overrides=[
+        {"where": {"objective": "ar"}, "set": {"epochs": 2}}]))).cells()]
+
+
+def test_compute_axis_sets_epochs(tmp_path, corpus_spec):
+    axes = {"objective": ["ar"], "unique_tokens": [1000], "compute": [1e9, 4e9]}
+    spec = SweepSpec.load(str(spec_file(tmp_path, corpus_spec, axes=axes)))
+    cells = spec.cells()
+    n = 106_816  # tiny's non-embedding parameters
+    assert [c.config.epochs for c in cells] == [-(-int(1e9) // (6 * n * 1000)), -(-int(4e9) // (6 * n * 1000))]
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"objective": ["ar"], "width": [1]}, "unknown axis 'width'"),
+    ({"objective": []}, "axis 'objective' is empty"),
+    ({"objective": ["ar"], "unique_tokens": [10**9]}, "exceeds the training split"),
+    ({"objective": ["gpt"]}, "unknown objective 'gpt'"),
+])
+def test_malformed_spec_is_refused_before_any_cell(tmp_path, corpus_spec, capsys, axes, message):
+    path = spec_file(tmp_path, corpus_spec)
+    data = yaml.safe_load(path.read_text())
+    data["axes"] = axes
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "sweep"
+    assert main(["sweep", "run", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_sigkill_mid_cell_then_rerun_gives_the_uninterrupted_table(tmp_path, corpus_spec):
+    path = spec_file(tmp_path, corpus_spec, settings={"eval_epochs": [1, 2, 3, 4, 5, 6]},
+                     axes={"objective": ["ar", "diffusion"], "unique_tokens": [1500], "epochs": [6]})
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    p = cli("sweep", "run", str(path), "--out", str(clean), "--no-progress")
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+
+    p = cli("sweep", "run", str(path), "--out", str(killed), "--no-progress", start_new_session=True)
+    first = killed / "cells" / "ar-U1500-E6-tiny-dense-s0"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the first cell is mid-run (>= 2 epochs done, not finished)
+        try:
+            if json.loads((first / "progress.json").read_text())["epoch"] >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    for _ in range(100):  # the worker dies with the runner (same process group)
+        if cell_status(first) != "running":
+            break
+        time.sleep(0.05)
+    assert cell_status(first) == "interrupted"
+    done_rows = len(table(killed)) if (killed / "results.csv").exists() else 0
+    assert done_rows < len(table(clean))
+
+    p = cli("sweep", "run", str(path), "--out", str(killed), "--no-progress")
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    assert table(killed) == table(clean)
+    keys = [(r["run_id"], r["epochs"]) for r in table(killed)]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_local_runner_status_failure_isolation_and_rerun(tmp_path, corpus_spec, capsys):
+    from experiments.results import atomic_write_text
+    from experiments.sweep import init_folder
+
+    path = spec_file(tmp_path, corpus_spec)
+    out = tmp_path / "s"
+    spec = SweepSpec.load(str(path))
+    init_folder(out, spec)
+    # the AR cell at U=1200 holds a corrupt checkpoint (say, a disk fault): it fails, the others finish
+    bad = next(c for c in spec.cells() if c.id == "ar-U1200-E3-tiny-dense-s0")
+    (bad.folder(out) / "checkpoints").mkdir(parents=True)
+    atomic_write_text(bad.folder(out) / "config.yaml", yaml.safe_dump(bad.config.to_dict()))
+    (bad.folder(out) / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+
+    assert main(["sweep", "run", str(path), "--out", str(out), "--workers", "2", "--no-progress"]) == 1
+    capsys.readouterr()
+    assert main(["sweep", "status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert "3 done" in status and "1 failed" in status
+    rows = table(out)
+    assert len(rows) == 9 and {r["cell"] for r in rows} == {"ar-U600-E3-tiny-dense-s0", "diffusion-U600-E3-tiny-dense-s0",
+                                                            "diffusion-U1200-E3-tiny-dense-s0"}
+    assert (out / "report" / "summary.md").exists()
+    before = (out / "results.csv").read_text()
+    assert main(["sweep", "run", str(path), "--out", str(out), "--no-progress"]) == 1  # only the failed cell reruns
+    assert (out / "results.csv").read_text() == before
+
+
+def test_submitit_local_executor(tmp_path, corpus_spec):
+    pytest.importorskip("submitit")
+    path = spec_file(tmp_path, corpus_spec, axes={"objective": ["ar", "diffusion"], "unique_tokens": [600],
+                                                  "epochs": [2]}, settings={"eval_epochs": [1, 2]})
+    out = tmp_path / "sub"
+    assert main(["sweep", "run", str(path), "--out", str(out), "--executor", "submitit-local", "--no-progress"]) == 0
+    assert len(table(out)) == 4 and (out / "slurm").is_dir()
+
+
+def test_presets_expand():
+    for name in ("quick",):
+        cells = SweepSpec.load(name).cells()
+        assert {c.config.objective for c in cells} == {"ar", "diffusion"}
+        assert len({c.config.unique_tokens for c in cells}) >= 3

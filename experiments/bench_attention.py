@@ -253,7 +253,7 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; returns 0, or 1 if a case failed with an error (skips and OOM are not errors)."""
+    """Run the benchmark; returns 0, or 1 if interrupted or a case failed with an error (skips and OOM are not)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     lengths = args.lengths or list(GPU_LENGTHS if device.type == "cuda" else CPU_LENGTHS)
@@ -271,13 +271,15 @@ def run(args: argparse.Namespace) -> int:
     saved_env = os.environ.get(BACKEND_ENV)
     if args.backend:
         os.environ[BACKEND_ENV] = args.backend  # the kinds call the op without a backend argument
-    rows = []
+    rows, interrupted = [], False
     try:
         for method, T, causal in tqdm(cases, desc="bench attention", disable=args.no_progress, file=sys.stderr):
             rows.append(bench_case(method, T, causal, args, device, dtype))
             if args.json:  # after every case, so that an interrupted run keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(dict(settings=settings, results=rows), indent=2) + "\n")
+    except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: report the cases measured so far
+        interrupted = True
     finally:
         if saved_env is None:
             os.environ.pop(BACKEND_ENV, None)
@@ -287,9 +289,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"# attention benchmark: {', '.join(f'{k}={v}' for k, v in settings.items() if k != 'memory')}")
     print(f"# peak memory: {settings['memory']}")
     print(format_table(rows))
+    if interrupted:
+        print(f"# interrupted after {len(rows)} of {len(cases)} cases")
     if args.json:
         print(f"# wrote {args.json}")
-    return int(any(r["note"].startswith("error") for r in rows))
+    return int(interrupted or any(r["note"].startswith("error") for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:

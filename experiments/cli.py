@@ -219,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_bench_sample_arguments(p)
     p.set_defaults(func=sample.cmd_bench_sample)
 
+    from experiments import bench_attention, bench_train
+
+    p = bsub.add_parser("attention", help="forward / forward+backward time and memory: dense SDPA, FlexAttention, "
+                                          "our block-sparse kinds")
+    bench_attention.add_arguments(p)
+    p.set_defaults(func=bench_attention.run)
+    p = bsub.add_parser("train", help="tokens/s of our Lightning training step against a bare PyTorch loop")
+    bench_train.add_arguments(p)
+    p.set_defaults(func=bench_train.run)
+
     p = sub.add_parser("fit", help="fit the data-constrained laws and the crossover of a results table (JSON)")
     p.add_argument("results", help="results.csv")
     p.add_argument("--attention", help="attention kind to analyse (default: the only one, else dense)")

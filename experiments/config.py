@@ -59,12 +59,43 @@ class RunConfig:
     diffusion_eps: float = _f(1e-3, "diffusion: smallest masking probability t")
     eval_batch_size: int = _f(32, "validation sequences per forward batch (diffusion: times mc_samples rows)")
     # execution
-    precision: str = _f("32-true", "Lightning precision: 32-true (CPU default), bf16-mixed, 16-mixed")
+    batch_tokens: int = _f(0, "global batch in tokens (0: batch_size sequences); sets batch_size = batch_tokens / seq_len")
+    micro_batch_size: int = _f(0, "sequences per device per forward pass (0: the whole per-device batch); "
+                                  "gradient accumulation = per-device batch / micro_batch_size", resolved=False)
+    precision: str = _f("auto", "Lightning precision: auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed",
+                        resolved=False)
+    accelerator: str = _f("auto", "Lightning accelerator: auto, cpu, gpu", resolved=False)
+    devices: int = _f(1, "devices per node (ranks); more than one trains data-parallel", resolved=False)
+    num_nodes: int = _f(1, "nodes (multi-node through Lightning's SLURM support)", resolved=False)
+    strategy: str = _f("auto", "auto (DDP for several devices), ddp, fsdp (large models)", resolved=False)
+    compile: bool = _f(False, "torch.compile the backbone", resolved=False)
+    peak_flops: float = _f(0.0, "peak FLOP/s per device for MFU (0: known GPUs' bf16 dense peak, none on CPU)",
+                           resolved=False)
     threads: int = _f(0, "torch CPU threads (0: all cores)", resolved=False)
     log_every_n_steps: int = _f(10, "training-metric logging interval in optimiser steps", resolved=False)
     progress: bool = _f(True, "show a progress bar", resolved=False)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    def batch_layout(self, seq_len: int) -> tuple[int, int, int]:
+        """(global batch, per-device batch, accumulation steps) in sequences; refuses uneven splits."""
+        if self.batch_tokens:
+            if self.batch_tokens % seq_len:
+                raise ConfigError(f"batch_tokens {self.batch_tokens} is not a multiple of seq_len {seq_len}")
+            global_batch = self.batch_tokens // seq_len
+        else:
+            global_batch = self.batch_size
+        if global_batch % self.world_size:
+            raise ConfigError(f"global batch of {global_batch} sequences does not split over {self.world_size} ranks")
+        per_device = global_batch // self.world_size
+        micro = self.micro_batch_size or per_device
+        if per_device % micro:
+            raise ConfigError(f"per-device batch {per_device} is not a multiple of micro_batch_size {micro}")
+        return global_batch, per_device, per_device // micro
+
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The backbone config: preset + model_args + attention + causal flag from the objective."""
         from models.objectives import OBJECTIVES
@@ -140,8 +171,16 @@ class RunConfig:
             raise ConfigError(f"diffusion_eps must lie in (0, 1), got {self.diffusion_eps}")
         if not 0 <= self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("decay_fraction and min_lr_ratio must lie in [0, 1]")
-        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"):
-            raise ConfigError(f"unknown precision {self.precision!r}; use 32-true, bf16-mixed or 16-mixed")
+        if self.precision not in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"):
+            raise ConfigError(f"unknown precision {self.precision!r}; use auto, 32-true, bf16-mixed or 16-mixed")
+        if self.strategy not in ("auto", "ddp", "fsdp", "ddp_spawn"):
+            raise ConfigError(f"unknown strategy {self.strategy!r}; use auto, ddp or fsdp")
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("batch_tokens", "micro_batch_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         try:
             self.model_config()
         except (TypeError, ValueError) as e:

@@ -1,10 +1,11 @@
 """LightningDataModule over one exact budget: every valid token is seen once per epoch.
 
 Rows are shuffled each epoch by a permutation seeded with (seed, epoch), so a resumed run sees the
-same order as an uninterrupted one. With several ranks, each global batch of ``batch_size`` rows is
-split across the ranks without padding duplicates: a rank whose share of the last batch is empty
-gets a placeholder row whose tokens are all marked invalid (it contributes nothing to the loss but
-keeps the ranks in step).
+same order as an uninterrupted one. With several ranks, each global batch is split across the
+ranks without the padding duplicates of ``DistributedSampler``: a rank whose share of the last
+batch is empty gets a placeholder row whose tokens are all marked invalid (it contributes nothing
+to the loss but keeps the ranks in step), so every unique token is trained on exactly once per
+epoch across all ranks.
 """
 
 from __future__ import annotations
@@ -20,44 +21,65 @@ PLACEHOLDER = -1
 
 
 class RowDataset(Dataset):
+    """Items are (row, valid tokens of its optimiser step, position in the global batch) from
+    ``EpochBatchSampler``; returns (tokens, valid, step tokens, row, position)."""
+
     def __init__(self, packed: Packed):
         self.packed = packed
 
     def __len__(self) -> int:
         return len(self.packed)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: tuple[int, int, int]):
+        i, step_tokens, position = item
         if i == PLACEHOLDER:
-            return self.packed.tokens[0], torch.zeros_like(self.packed.valid[0])
-        return self.packed.tokens[i], self.packed.valid[i]
+            return self.packed.tokens[0], torch.zeros_like(self.packed.valid[0]), step_tokens, i, position
+        return self.packed.tokens[i], self.packed.valid[i], step_tokens, i, position
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields this rank's row indices for each global batch of a seeded per-epoch permutation."""
+class EpochBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """This rank's micro-batches of each global batch of a seeded per-epoch permutation.
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+    Each global batch of ``global_batch`` rows is split over ``world_size`` ranks (rank r takes rows
+    r, r + world, ...) and each rank's share into ``accumulation`` micro-batches. Every row appears in
+    exactly one micro-batch of one rank per epoch; empty shares get one placeholder row. Items carry
+    the valid-token count of the whole global batch, which the loss is normalised by, and the row's
+    position in it (for noise stratified across the global batch).
+    """
+
+    def __init__(self, valid_counts: np.ndarray, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+                 accumulation: int = 1):
+        self.valid_counts, self.global_batch, self.seed = np.asarray(valid_counts), global_batch, seed
+        self.rank, self.world_size, self.accumulation, self.epoch = rank, world_size, accumulation, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def steps(self) -> int:
+        return -(-len(self.valid_counts) // self.global_batch)
+
     def __len__(self) -> int:
-        return -(-self.num_rows // self.batch_size)
+        return self.steps * self.accumulation
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
-        for start in range(0, self.num_rows, self.batch_size):
-            share = order[start : start + self.batch_size][self.rank :: self.world_size].tolist()
-            yield share or [PLACEHOLDER]
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.valid_counts))
+        for start in range(0, len(order), self.global_batch):
+            rows = order[start : start + self.global_batch]
+            step_tokens = int(self.valid_counts[rows].sum())
+            positions = np.arange(len(rows))[self.rank :: self.world_size]
+            share = rows[self.rank :: self.world_size]
+            for micro, pos in zip(np.array_split(share, self.accumulation), np.array_split(positions, self.accumulation)):
+                yield [(int(i), step_tokens, int(p)) for i, p in zip(micro, pos)] or [(PLACEHOLDER, step_tokens, 0)]
 
 
 class BudgetDataModule(L.LightningDataModule):
-    def __init__(self, train: Packed, val: Packed, batch_size: int, seed: int):
+    def __init__(self, train: Packed, val: Packed, global_batch: int, accumulation: int, seed: int):
         super().__init__()
-        self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.train, self.val, self.global_batch, self.accumulation, self.seed = train, val, global_batch, accumulation, seed
 
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = EpochBatchSampler(len(self.train), self.batch_size, self.seed, rank, world)
+        sampler = EpochBatchSampler(self.train.valid.sum(dim=1).numpy(), self.global_batch, self.seed, rank, world,
+                                    self.accumulation)
         return DataLoader(RowDataset(self.train), batch_sampler=sampler, num_workers=0)

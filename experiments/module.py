@@ -1,23 +1,24 @@
 """The LightningModule: a backbone and an objective, AdamW and a warmup schedule. Nothing else.
 
 Objective-specific logic lives in ``models.objectives``; this module only normalises the summed
-loss by the valid tokens of the whole optimiser step (across ranks), so one process and several
-ranks compute the same gradient. Training noise (diffusion masks and noise levels) comes from a
-generator seeded by (seed, epoch, batch, rank): a resumed run draws what an uninterrupted one does.
+loss by the valid tokens of the whole optimiser step (across ranks and micro-batches, counted by
+the sampler), so one process, several ranks and gradient accumulation compute the same gradient.
+Training noise (diffusion masks and noise levels) comes from generators seeded by (seed, epoch,
+row) and (seed, epoch, step): a resumed run, several ranks or gradient accumulation draw what one
+uninterrupted process does.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
-from typing import Any
-
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -51,50 +52,102 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int, min_ratio: flo
     return f
 
 
+#: bf16 dense peak FLOP/s of common accelerators, for MFU (matched against the device name)
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def default_peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
+
+
 class LitLM(L.LightningModule):
     def __init__(self, model_config: dict[str, Any], objective: str, objective_args: dict[str, Any],
-                 optim: dict[str, Any], total_steps: int, seed: int):
+                 optim: dict[str, Any], total_steps: int, seed: int, compile: bool = False,
+                 log_every_n_steps: int = 10, peak_flops: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = Transformer(ModelConfig(**model_config))
         self.objective = build_objective(objective, **objective_args)
+        # the compiled wrapper is kept out of the module tree so checkpoints hold plain `model.*` keys
+        object.__setattr__(self, "_forward_model", torch.compile(self.model) if compile else self.model)
+        self.flops_per_token = 6 * self.model.num_params(non_embedding=True)  # contract 3
         self.train_time_s = 0.0  # seconds in training steps, cumulative over resumes (in the checkpoint)
-        self._t0 = 0.0
+        self.tokens_before = 0  # valid tokens trained before this attempt (from the checkpoint)
+        self.tokens_local = torch.zeros((), dtype=torch.long)  # valid tokens this rank trained in this attempt
         self.run_info: dict[str, Any] = {}  # run id, config and tokenizer, saved into checkpoints
+        self._t0 = 0.0
+        self._window = [0, 0.0]  # valid tokens (global, by the sampler) and seconds since the last log
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        seed = np.random.SeedSequence([self.hparams.seed, self.current_epoch, batch_idx, self.global_rank])
-        return torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+    def _seeded(self, *key: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.hparams.seed, self.current_epoch, *key]).generate_state(1, np.uint64)
+        return torch.Generator().manual_seed(int(state[0] >> 1))
+
+    def _noise(self, rows: torch.Tensor, positions: torch.Tensor, x: torch.Tensor):
+        """Training noise as a function of (seed, epoch, row) and (seed, step) only: the same draws
+        for one process, several ranks or gradient accumulation, and after a resume."""
+        draw = getattr(self.objective, "training_noise", None)
+        if draw is None:
+            return None
+        global_batch = self.trainer.datamodule.global_batch
+        gens = [self._seeded(0, int(r)) for r in rows.tolist()]
+        return draw(gens, positions.cpu().float(), global_batch, self._seeded(1, self.global_step), x.shape[1])
 
     def training_step(self, batch, batch_idx):
-        x, valid = batch  # (B, T) int64, (B, T) bool
-        total = self.objective.loss_sum(self.model, x, valid, self._generator(batch_idx))
-        n = valid.sum()
-        if self.trainer.world_size > 1:  # DDP averages gradients over ranks: divide by the mean count
-            n = self.trainer.strategy.reduce(n.float(), reduce_op="mean")
-        loss = total / n.clamp_min(1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        return loss
+        x, valid, step_tokens, rows, positions = batch  # (B, T), (B, T) bool, then (B,) each
+        total = self.objective.loss_sum(self._forward_model, x, valid, noise=self._noise(rows, positions, x))
+        # Normalise by the valid tokens of the whole optimiser step (all ranks, all micro-batches).
+        # DDP averages gradients over ranks and Lightning divides by the accumulation steps: undo both.
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        n_step = step_tokens[0].clamp_min(1)
+        n_local = valid.sum()
+        self.tokens_local += n_local.cpu()
+        self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=x.shape[0])
+        return total * scale / n_step
 
     def on_train_batch_start(self, batch, batch_idx):
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.train_time_s += time.perf_counter() - self._t0  # optimiser steps only, not evaluation
+        dt = time.perf_counter() - self._t0  # optimiser steps only, not evaluation
+        self.train_time_s += dt
+        self._window[1] += dt
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            self._window[0] += int(batch[2][0])
+            if self.trainer.global_step % self.hparams.log_every_n_steps == 0 and self._window[1] > 0:
+                tokens_per_s = self._window[0] / self._window[1]
+                metrics = {"perf/tokens_per_s": tokens_per_s, "perf/model_flops_per_s": tokens_per_s * self.flops_per_token}
+                peak = self.hparams.peak_flops or default_peak_flops(self.device)
+                if peak:
+                    metrics["perf/mfu"] = tokens_per_s * self.flops_per_token / (peak * self.trainer.world_size)
+                self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+                self._window = [0, 0.0]
+
+    def tokens_trained(self) -> int:
+        """Valid tokens trained by all ranks, over every attempt (a collective: call on all ranks)."""
+        local = self.tokens_local.to(self.device, copy=True)  # all_reduce works in place
+        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
+        return self.tokens_before + int(total)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["train_time_s"] = self.train_time_s
+        checkpoint["tokens_trained"] = self.tokens_trained()  # every rank dumps the checkpoint: safe to reduce
         checkpoint["crossover"] = self.run_info
 
     def on_load_checkpoint(self, checkpoint):
         self.train_time_s = checkpoint.get("train_time_s", 0.0)
+        self.tokens_before = checkpoint.get("tokens_trained", 0)
 
     def configure_optimizers(self):
         o = self.hparams.optim
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), **o.get("adamw_kwargs", {}))
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step where available
+        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), **fused)
         f = lr_lambda(o["schedule"], self.hparams.total_steps, o["warmup_steps"], o["min_lr_ratio"],
                       o["decay_fraction"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, f)

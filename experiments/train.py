@@ -49,8 +49,13 @@ class Prepared:
     non_embedding_params: int
 
     @property
+    def batch_layout(self) -> tuple[int, int, int]:
+        """(global batch, per-device batch, gradient-accumulation steps), in sequences."""
+        return self.cfg.batch_layout(self.model_config.seq_len)
+
+    @property
     def steps_per_epoch(self) -> int:
-        return -(-len(self.train) // self.cfg.batch_size)
+        return -(-len(self.train) // self.batch_layout[0])
 
     @property
     def total_steps(self) -> int:
@@ -76,8 +81,9 @@ class Prepared:
             f"vocab {len(self.tokenizer)}",
             f"budget U = {c.unique_tokens:,} unique tokens in {len(self.train)} sequences of {m.seq_len}; "
             f"epochs {c.epochs}; tokens_seen {c.unique_tokens * c.epochs:,}",
-            f"tokens per step {c.batch_size * m.seq_len:,} ({c.batch_size} sequences); "
-            f"steps {self.steps_per_epoch}/epoch, {self.total_steps} total",
+            f"tokens per step {self.batch_layout[0] * m.seq_len:,} ({self.batch_layout[0]} sequences = "
+            f"{c.world_size} rank(s) x {self.batch_layout[1] // self.batch_layout[2]} x {self.batch_layout[2]} "
+            f"accumulation); steps {self.steps_per_epoch}/epoch, {self.total_steps} total",
             f"compute 6*N*tokens_seen = {self.flops:.3e} FLOPs",
             f"evaluation at epochs {c.resolved_eval_epochs()} on {self.val.num_tokens:,} validation tokens"
             + (f", {c.mc_samples} MC draws ({passes} sequence passes per evaluation)" if c.objective == "diffusion"
@@ -97,6 +103,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     pad = tokenizer.pad_token_id
     train = budget(streams, cfg.unique_tokens, mcfg.seq_len, pad)
     val = validation_set(streams, cfg.val_tokens, mcfg.seq_len, pad)
+    cfg.batch_layout(mcfg.seq_len)  # refuses a batch that does not split over ranks and micro-batches
     probe = Transformer(mcfg)
     return Prepared(cfg, corpus, tokenizer, streams.tokenizer_hash, train, val, len(streams.train), mcfg,
                     probe.num_params(), probe.num_params(non_embedding=True))
@@ -174,7 +181,10 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     optim = {k: getattr(cfg, k) for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
                                             "weight_decay", "beta1", "beta2")}
-    lit = LitLM(prep.model_config.to_dict(), cfg.objective, prep.objective_args(), optim, prep.total_steps, cfg.seed)
+    use_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if use_gpu else "32-true")
+    lit = LitLM(prep.model_config.to_dict(), cfg.objective, prep.objective_args(), optim, prep.total_steps, cfg.seed,
+                compile=cfg.compile, log_every_n_steps=cfg.log_every_n_steps, peak_flops=cfg.peak_flops)
     lit.run_info = {"run_id": run_id, "config": cfg.to_dict(), "tokenizer_json": prep.tokenizer.backend_tokenizer.to_str()}
     row_base = {
         "run_id": run_id, "objective": cfg.objective, "attention": cfg.attention, "model": cfg.model,
@@ -202,18 +212,23 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
         loggers.append(TensorBoardLogger(out, name="metrics", version=attempt))
     except ImportError:
         pass
+    global_batch, per_device, accumulation = prep.batch_layout
+    strategy = cfg.strategy if cfg.strategy != "auto" else ("ddp" if cfg.world_size > 1 else "auto")
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=cfg.precision,
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=strategy, precision=precision, accumulate_grad_batches=accumulation,
         gradient_clip_val=cfg.grad_clip or None, logger=loggers, callbacks=callbacks,
         log_every_n_steps=cfg.log_every_n_steps, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, use_distributed_sampler=False, enable_progress_bar=cfg.progress and not quiet,
         plugins=[AtomicCheckpointIO()],
     )
-    data = BudgetDataModule(prep.train, prep.val, cfg.batch_size, cfg.seed)
+    data = BudgetDataModule(prep.train, prep.val, global_batch, accumulation, cfg.seed)
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(lit, datamodule=data, ckpt_path=last if last.exists() else None)
+    tokens_trained = lit.tokens_trained()
     if trainer.is_global_zero:
-        info.update(status="done", train_time_s=round(lit.train_time_s, 3), global_step=trainer.global_step)
+        info.update(status="done", train_time_s=round(lit.train_time_s, 3), global_step=trainer.global_step,
+                    tokens_trained=tokens_trained, precision=precision, world_size=trainer.world_size)
         atomic_write_text(out / "run.json", json.dumps(info, indent=2))
     return read_rows(out / "results.csv")
 

@@ -26,7 +26,7 @@ class AutoregressiveObjective:
         logits = model(inp)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
 
-    def loss_sum(self, model, x, valid, generator=None):
+    def loss_sum(self, model, x, valid, generator=None, noise=None):
         return (self._token_nll(model, x) * valid).sum()
 
     def evaluate(self, model, x, valid, generator=None):

@@ -33,9 +33,10 @@ class Objective(Protocol):
     causal: bool
 
     def loss_sum(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, noise: dict | None = None) -> torch.Tensor:
         """Training loss summed over the valid tokens of ``x`` (B, T); ``valid`` (B, T) bool marks real
-        tokens. Dividing by the number of valid tokens gives the per-token loss."""
+        tokens. Dividing by the number of valid tokens gives the per-token loss. Objectives with random
+        inputs may also offer ``training_noise(...)`` (see the diffusion objective) to fix the draws."""
         ...
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,

@@ -35,10 +35,9 @@ class MaskedDiffusionObjective:
             raise ValueError(f"mc_samples must be at least 1, got {mc_samples}")
         self.mask_id, self.eps, self.mc_samples = mask_id, eps, mc_samples
 
-    def _weighted_ce(self, model: nn.Module, x, valid, t, generator) -> torch.Tensor:
-        """Per-sequence sum of CE / t over masked tokens, for noise levels t (B,)."""
-        u = torch.rand(x.shape, generator=generator).to(x.device)  # drawn on CPU: device-independent
-        masked = (u < t[:, None]) & valid  # (B, T)
+    def _weighted_ce(self, model: nn.Module, x, valid, t, u) -> torch.Tensor:
+        """Per-sequence sum of CE / t over masked tokens, for noise levels t (B,) and uniforms u (B, T)."""
+        masked = (u.to(x.device) < t[:, None]) & valid  # (B, T)
         xt = torch.where(masked, torch.full_like(x, self.mask_id), x)
         logits = model(xt)  # (B, T, V)
         ce = F.cross_entropy(logits[masked].float(), x[masked], reduction="none")  # (M,)
@@ -46,14 +45,29 @@ class MaskedDiffusionObjective:
         per_token[masked] = ce / t[:, None].expand_as(x)[masked]
         return per_token.sum(dim=1)  # (B,)
 
-    def stratified_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Antithetic noise levels (B,): one uniform offset, evenly spaced across the batch."""
-        u = (torch.rand(1, generator=generator) + torch.arange(batch) / batch) % 1.0
-        return self.eps + (1 - self.eps) * u
+    def noise_levels(self, positions: torch.Tensor, group: int, offset: torch.Tensor) -> torch.Tensor:
+        """Antithetic t for rows at ``positions`` of a group of ``group`` rows sharing a uniform ``offset``:
+        t = eps + (1 - eps) * ((offset + position / group) mod 1)."""
+        return self.eps + (1 - self.eps) * ((offset + positions / group) % 1.0)
 
-    def loss_sum(self, model, x, valid, generator=None):
-        t = self.stratified_t(x.shape[0], generator).to(x.device)
-        return self._weighted_ce(model, x, valid, t, generator).sum()
+    def stratified_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Antithetic noise levels (B,) evenly spaced across the batch."""
+        return self.noise_levels(torch.arange(batch), batch, torch.rand(1, generator=generator))
+
+    def training_noise(self, row_generators: list[torch.Generator], positions: torch.Tensor, group: int,
+                       offset_generator: torch.Generator, seq_len: int) -> dict[str, torch.Tensor]:
+        """Noise drawn per row (its own generator) and per optimiser step (the shared offset), so the
+        draws do not depend on how a global batch is split over ranks and micro-batches."""
+        t = self.noise_levels(positions, group, torch.rand(1, generator=offset_generator))
+        u = torch.stack([torch.rand(seq_len, generator=g) for g in row_generators])
+        return {"t": t, "u": u}
+
+    def loss_sum(self, model, x, valid, generator=None, noise=None):
+        """``noise`` ({"t": (B,), "u": (B, T)}) fixes the draws; otherwise they come from ``generator``
+        (drawn on the CPU so results do not depend on the device)."""
+        if noise is None:
+            noise = {"t": self.stratified_t(x.shape[0], generator), "u": torch.rand(x.shape, generator=generator)}
+        return self._weighted_ce(model, x, valid, noise["t"].to(x.device), noise["u"]).sum()
 
     def evaluate(self, model, x, valid, generator):
         B, K = x.shape[0], self.mc_samples
@@ -61,6 +75,7 @@ class MaskedDiffusionObjective:
         t = self.eps + (1 - self.eps) * (u + torch.arange(K)) / K  # (B, K), stratified in [eps, 1)
         xs = x.repeat_interleave(K, dim=0)  # (B*K, T): the K draws of a sequence are adjacent
         vs = valid.repeat_interleave(K, dim=0)
-        est = self._weighted_ce(model, xs, vs, t.reshape(-1).to(x.device), generator).view(B, K).double()
+        u_mask = torch.rand(xs.shape, generator=generator)
+        est = self._weighted_ce(model, xs, vs, t.reshape(-1).to(x.device), u_mask).view(B, K).double()
         var = est.var(dim=1) / K if K > 1 else torch.zeros_like(est[:, 0])  # MC variance of the mean
         return EvalSums(est.mean(dim=1).sum(), var.sum(), valid.sum().double())

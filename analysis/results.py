@@ -106,7 +106,8 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Average replicate rows (seeds) into one point per ``POINT_KEYS``.
+    """Average replicate rows (seeds) into one point per ``POINT_KEYS`` (and ``run_epochs``, the
+    length of the run a row was evaluated in, when the table has it).
 
     Returned columns: the keys, ``params``, ``tokens_seen``, ``flops``, ``val_loss`` (seed mean),
     ``mc_se`` (Monte Carlo SE of the seed mean, sqrt(sum se_i^2) / n), ``seed_std`` (sample SD
@@ -114,7 +115,8 @@ def aggregate_points(df: pd.DataFrame) -> pd.DataFrame:
     sqrt(mc_se^2 + seed_std^2 / n), which is ``mc_se`` alone with a single seed (seed-to-seed
     spread unknown; 0 for AR with one seed).
     """
-    grouped = df.groupby(POINT_KEYS, sort=True)
+    keys = POINT_KEYS + ["run_epochs"] * ("run_epochs" in df.columns)  # runs of different length stay apart
+    grouped = df.groupby(keys, sort=True)
     out = grouped.agg(
         params=("params", "first"),
         tokens_seen=("tokens_seen", "first"),

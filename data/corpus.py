@@ -5,8 +5,9 @@ Sources (``--corpus``):
 * ``stdlib`` (the embedded default): the ``.py`` files of the running interpreter's standard
   library, ``site-packages`` excluded, in sorted relative-path order. Needs no network.
 * ``files:GLOB``: local text files matched by a (recursive, ``**``) glob.
-* ``hf:NAME[:CONFIG]``: a Hugging Face dataset through ``datasets.load_dataset`` (hub or local
-  cache); its ``text`` column, one document per row.
+* ``hf:NAME[:CONFIG[:SPLIT]]``: a Hugging Face dataset through ``datasets.load_dataset`` (hub or
+  local cache); its ``text`` column, one document per row. SPLIT is a datasets split expression
+  (``train[:400000]`` takes the first 400k rows; default: every split).
 
 Every document is assigned to validation iff a hash of its name falls in the first
 ``VALIDATION_PERMILLE`` of 1000 buckets (about 5 %), so the split is fixed by the names alone,
@@ -116,12 +117,14 @@ def files_corpus(pattern: str) -> Corpus:
     return _split(spec, docs, skipped)
 
 
-def hf_corpus(name: str, config: str | None) -> Corpus:
-    spec = f"hf:{name}" + (f":{config}" if config else "")
+def hf_corpus(name: str, config: str | None, split: str | None = None) -> Corpus:
+    spec = f"hf:{name}" + (f":{config}" if config else "") + (f":{split}" if split else "")
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config)
+        ds = datasets.load_dataset(name, config, split=split)
+        if split:
+            ds = {split: ds}
     except Exception as e:  # network, missing cache, unknown name: one line for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CorpusError(f"corpus {spec!r} could not be loaded (no hub or local cache?): {first}") from None
@@ -141,8 +144,9 @@ def load_corpus(spec: str) -> Corpus:
     if kind == "files":
         return files_corpus(rest)
     if kind == "hf":
-        name, _, config = rest.partition(":")
+        name, _, rest = rest.partition(":")
+        config, _, split = rest.partition(":")
         if not name:
             raise CorpusError("corpus 'hf:' needs a dataset name, e.g. hf:wikitext:wikitext-2-raw-v1")
-        return hf_corpus(name, config or None)
-    raise CorpusError(f"unknown corpus {spec!r}; use stdlib, files:GLOB or hf:NAME[:CONFIG]")
+        return hf_corpus(name, config or None, split or None)
+    raise CorpusError(f"unknown corpus {spec!r}; use stdlib, files:GLOB or hf:NAME[:CONFIG[:SPLIT]]")

@@ -63,7 +63,7 @@ def _setup(args, preset: str, device: torch.device):
         return LitLM(mcfg.to_dict(), args.objective, {"bos_id": 2, "mask_id": 1}, optim, total, seed=0,
                      compile=args.compile, log_every_n_steps=10, peak_flops=args.peak_flops)
 
-    data = BudgetDataModule(train, train, args.batch_size, 1, seed=0)
+    data = BudgetDataModule(train, args.batch_size, 1, seed=0)
     return mcfg, lit, data, total
 
 

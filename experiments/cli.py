@@ -21,18 +21,18 @@ class UsageError(ValueError):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from data import BudgetError, CorpusError
     from experiments.checkpoint import CheckpointError
     from experiments.config import ConfigError
     from models.sampling import SamplingError
 
-    return (UsageError, ConfigError, CorpusError, BudgetError, CheckpointError, SamplingError, FileNotFoundError)
+    return (UsageError, ConfigError, CorpusError, BudgetError, CheckpointError, SamplingError, FileNotFoundError,
+            MisconfigurationException)
 
 
 # --------------------------------------------------------------------------- train
-_TRAIN_POSITIONAL = ("objective", "unique_tokens", "epochs", "model", "corpus", "attention")
-
-
 def _parse_value(text: str) -> Any:
     import yaml
 

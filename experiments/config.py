@@ -57,6 +57,10 @@ class RunConfig:
     eval_epochs: list = _f([], "epochs after which to evaluate (empty: powers of two and the last epoch)")
     mc_samples: int = _f(4, "diffusion: Monte Carlo draws per validation sequence for the ELBO")
     diffusion_eps: float = _f(1e-3, "diffusion: smallest masking probability t")
+    elbo_estimator: str = _f("count", "diffusion validation ELBO estimator: count (exactly l masked, weight L/l; "
+                                      "lower variance) or time (t-stratified, weight 1/t)")
+    train_estimator: str = _f("time", "diffusion training loss: time (t ~ U(eps, 1) stratified, i.i.d. masks, "
+                                      "weight 1/t) or count (exactly l masked, weight L/l)")
     eval_batch_size: int = _f(32, "validation sequences per forward batch (diffusion: times mc_samples rows)")
     # execution
     batch_tokens: int = _f(0, "global batch in tokens (0: batch_size sequences); sets batch_size = batch_tokens / seq_len")
@@ -164,9 +168,18 @@ class RunConfig:
             raise ConfigError(f"unique_tokens must be positive, got {self.unique_tokens}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        for name in ("batch_size", "val_tokens", "mc_samples", "eval_batch_size", "vocab_size"):
+        for name in ("batch_size", "val_tokens", "mc_samples", "eval_batch_size", "log_every_n_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size < 259:
+            raise ConfigError(f"vocab_size must be at least 259 (256 bytes + 3 special tokens), got {self.vocab_size}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must not be negative, got {self.threads}")
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in self.eval_epochs):
+            raise ConfigError(f"eval_epochs must be a list of positive integers, got {self.eval_epochs!r}")
+        if self.elbo_estimator not in ("count", "time") or self.train_estimator not in ("count", "time"):
+            raise ConfigError(f"unknown ELBO estimator {self.elbo_estimator!r} / {self.train_estimator!r}; "
+                              "use count or time")
         if not 0 < self.diffusion_eps < 1:
             raise ConfigError(f"diffusion_eps must lie in (0, 1), got {self.diffusion_eps}")
         if not 0 <= self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1:

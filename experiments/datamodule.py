@@ -74,9 +74,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
 
 class BudgetDataModule(L.LightningDataModule):
-    def __init__(self, train: Packed, val: Packed, global_batch: int, accumulation: int, seed: int):
+    def __init__(self, train: Packed, global_batch: int, accumulation: int, seed: int):
         super().__init__()
-        self.train, self.val, self.global_batch, self.accumulation, self.seed = train, val, global_batch, accumulation, seed
+        self.train, self.global_batch, self.accumulation, self.seed = train, global_batch, accumulation, seed
 
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from experiments.results import atomic_write, atomic_write_text
 from models import ModelConfig, Transformer
 from models.objectives import build_objective
 
@@ -92,7 +91,7 @@ class LitLM(L.LightningModule):
         if draw is None:
             return None
         global_batch = self.trainer.datamodule.global_batch
-        gens = [self._seeded(0, int(r)) for r in rows.tolist()]
+        gens = [self._seeded(0, max(int(r), 0)) for r in rows.tolist()]  # placeholder rows (-1) are all invalid
         return draw(gens, positions.cpu().float(), global_batch, self._seeded(1, self.global_step), x.shape[1])
 
     def training_step(self, batch, batch_idx):
@@ -107,6 +106,16 @@ class LitLM(L.LightningModule):
         self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=x.shape[0])
         return total * scale / n_step
+
+    def on_train_epoch_start(self):
+        # Lightning calls set_epoch on a DataLoader's sampler, not on a batch sampler: do it here (the
+        # epoch's iterator is created after this hook), so every epoch gets its own seeded order.
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
+
+    def on_train_end(self):
+        self.final_tokens_trained = self.tokens_trained()  # before teardown moves the module off its device
 
     def on_train_batch_start(self, batch, batch_idx):
         self._t0 = time.perf_counter()
@@ -158,18 +167,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed: a kill mid-write never corrupts ``last.ckpt``."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
 
 
 class ProgressFile(L.Callback):
@@ -180,8 +178,6 @@ class ProgressFile(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            from experiments.results import atomic_write_text
-
             atomic_write_text(self.path, json.dumps({"epoch": trainer.current_epoch + 1, "epochs": self.epochs,
                                                      "step": trainer.global_step}))
 

@@ -5,31 +5,38 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 #: Columns in order; the first twelve are contract 4, the rest provenance and uncertainty.
 COLUMNS = [
     "run_id", "objective", "attention", "model", "params", "non_embedding_params", "unique_tokens",
     "epochs", "tokens_seen", "flops", "val_loss", "seed",
-    "val_loss_se", "val_bpb", "val_tokens", "mc_samples", "elbo_weight", "mask_eps", "step", "train_time_s", "eval_time_s",
+    "run_epochs", "val_loss_se", "val_bpb", "val_tokens", "mc_samples", "elbo_weight", "mask_eps", "step", "train_time_s", "eval_time_s",
     "seq_len", "vocab_size", "batch_size", "lr", "schedule", "corpus", "corpus_fingerprint", "tokenizer_hash",
 ]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync, then ``os.replace`` it onto
+    ``path``: readers see the old file or the new one, never a partial one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

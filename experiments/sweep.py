@@ -130,6 +130,8 @@ class SweepSpec:
                 if all(point.get(k, cfg_dict.get(k)) == v for k, v in o["where"].items()):
                     cfg_dict.update(o["set"])
             if "compute" in point:
+                if "unique_tokens" not in cfg_dict:
+                    raise ConfigError("sweep spec: a 'compute' axis needs unique_tokens (an axis or a setting)")
                 cfg_dict["epochs"] = 1  # placeholder to build the model and count N
                 n = _non_embedding_params(RunConfig.from_dict(cfg_dict))
                 cfg_dict["epochs"] = max(1, math.ceil(float(point["compute"]) / (6 * n * cfg_dict["unique_tokens"])))
@@ -222,11 +224,16 @@ def cell_status(folder: Path) -> str:
             return "running"
         if owner.get("host") != socket.gethostname():
             return "running"  # another node's job: trust its lock
-    if (folder / "error.txt").exists():
+    if (folder / "error.txt").exists() or error_file(folder).exists():
         return "failed"
     if (folder / "checkpoints" / "last.ckpt").exists():
         return "interrupted"
     return "pending"
+
+
+def error_file(folder: Path) -> Path:
+    """Where a cell that failed before its run folder existed records its error (beside the folder)."""
+    return folder.parent / f"{folder.name}.error.txt"
 
 
 def aggregate(root: Path, cells: list[Cell]) -> int:
@@ -248,14 +255,20 @@ def status_table(root: Path) -> list[tuple[str, str, str]]:
         rows = read_rows(folder / "results.csv")
         detail = f"epoch {rows[-1]['epochs']}/{cell.config.epochs} val_loss {float(rows[-1]['val_loss']):.4f}" if rows else ""
         if state == "failed":
-            detail = (folder / "error.txt").read_text().strip().splitlines()[-1][:100]
+            err = folder / "error.txt" if (folder / "error.txt").exists() else error_file(folder)
+            detail = err.read_text().strip().splitlines()[-1][:100]
         out.append((cell.id, state, detail))
     return out
 
 
 # --------------------------------------------------------------------------- running one cell
+class CellBusy(RuntimeError):
+    """Another live process holds the cell's lock."""
+
+
 def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
-    """Train one cell in this process (used by workers and SLURM jobs); returns its final status."""
+    """Train one cell in this process (used by workers and SLURM jobs); returns its final status.
+    ``threads`` applies unless the cell's config sets its own."""
     from experiments.train import train
 
     root = Path(root)
@@ -263,19 +276,38 @@ def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
     cell = next(c for c in spec.cells() if c.id == cell_id)
     folder = cell.folder(root)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(cell.config, threads=threads or cell.config.threads, progress=False)
+    cfg = dataclasses.replace(cell.config, threads=cell.config.threads or threads, progress=False)
     lock = folder / "lock.json"
+    owns_lock = False
+
+    def take_lock() -> None:  # O_EXCL: a second runner on the same folder refuses instead of training twice
+        nonlocal owns_lock
+        if lock.exists() and cell_status(folder) != "running":
+            lock.unlink()  # stale: its process is gone
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise CellBusy(cell.id) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+        owns_lock = True
+
     try:
-        train(cfg, folder, run_id=cell.id, on_start=lambda: atomic_write_text(
-            lock, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})))
-        (folder / "error.txt").unlink(missing_ok=True)
+        train(cfg, folder, run_id=cell.id, on_start=take_lock)
+        for stale in (folder / "error.txt", error_file(folder)):
+            stale.unlink(missing_ok=True)
         return "done"
+    except CellBusy:
+        print(f"cell {cell.id} is being trained by another process (lock {lock}); left alone", file=sys.stderr)
+        return "running"
     except Exception:
-        if folder.exists():
-            atomic_write_text(folder / "error.txt", traceback.format_exc())
+        traceback.print_exc()  # into the cell's log
+        target = folder / "error.txt" if (folder / "config.yaml").exists() else error_file(folder)
+        atomic_write_text(target, traceback.format_exc())
         return "failed"
     finally:
-        lock.unlink(missing_ok=True)
+        if owns_lock:
+            lock.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- executors
@@ -284,8 +316,9 @@ def run_local(root: Path, cells: list[Cell], workers: int, progress: bool = True
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    todo = [c for c in cells if cell_status(c.folder(root)) != "done"]
-    results = {c.id: "done" for c in cells if c not in todo}
+    todo = [c for c in cells if cell_status(c.folder(root)) not in ("done", "running")]  # running: another runner
+    todo.sort(key=lambda c: -c.config.unique_tokens * c.config.epochs)  # longest first: the last cells end together
+    results = {c.id: cell_status(c.folder(root)) for c in cells if c not in todo}
     bar = tqdm(total=len(cells), initial=len(results), desc="cells", unit="cell", disable=not progress,
                dynamic_ncols=True)
     running: dict[str, tuple[subprocess.Popen, Cell]] = {}
@@ -306,7 +339,7 @@ def run_local(root: Path, cells: list[Cell], workers: int, progress: bool = True
                 bar.update(1)
                 aggregate(root, cells)
                 if results[cid] != "done":
-                    tqdm.write(f"cell {cid} {results[cid]}: see {cell.folder(root) / 'error.txt'}")
+                    tqdm.write(f"cell {cid} {results[cid]}: see {root / 'cells' / (cid + '.log')}")
             if progress:
                 bar.set_postfix_str(" | ".join(_cell_progress(root, c) for _, c in running.values()))
     except KeyboardInterrupt:
@@ -334,7 +367,7 @@ def run_submitit(root: Path, cells: list[Cell], slurm: dict[str, Any], cluster: 
     """One job array through submitit (``cluster="local"`` runs the jobs as local processes)."""
     import submitit
 
-    todo = [c for c in cells if cell_status(c.folder(root)) != "done"]
+    todo = [c for c in cells if cell_status(c.folder(root)) not in ("done", "running")]
     executor = submitit.AutoExecutor(folder=root / "slurm" / "%j", cluster=cluster)
     params = {"timeout_min": 60 * 24, "slurm_array_parallelism": 64, **slurm}
     if cluster == "local":
@@ -344,14 +377,15 @@ def run_submitit(root: Path, cells: list[Cell], slurm: dict[str, Any], cluster: 
     jobs = executor.map_array(run_cell, [str(root)] * len(todo), [c.id for c in todo])
     print(f"submitted {len(jobs)} cell(s) as job array {jobs[0].job_id.split('_')[0] if jobs else '-'}",
           file=sys.stderr)
-    results = {c.id: "done" for c in cells if c not in todo}
+    results = {c.id: cell_status(c.folder(root)) for c in cells if c not in todo}
     for cell, job in zip(todo, jobs):
         try:
             results[cell.id] = job.result()
         except Exception:  # the job itself died (time limit, node failure): record it
             results[cell.id] = "failed"
-            if cell.folder(root).exists():
-                atomic_write_text(cell.folder(root) / "error.txt", traceback.format_exc())
+            folder = cell.folder(root)
+            atomic_write_text(folder / "error.txt" if (folder / "config.yaml").exists() else error_file(folder),
+                              traceback.format_exc())
         aggregate(root, cells)
     return results
 

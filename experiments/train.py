@@ -68,7 +68,8 @@ class Prepared:
     def objective_args(self) -> dict[str, Any]:
         t = self.tokenizer
         return {"bos_id": t.eos_token_id, "mask_id": t.mask_token_id, "eps": self.cfg.diffusion_eps,
-                "mc_samples": self.cfg.mc_samples}
+                "mc_samples": self.cfg.mc_samples, "estimator": self.cfg.elbo_estimator,
+                "train_estimator": self.cfg.train_estimator}
 
     def summary(self) -> str:
         c, m = self.cfg, self.model_config
@@ -157,28 +158,11 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     prep = prepared or prepare(cfg)
     run_id = run_id or run_id_for(out)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    if not quiet:
-        print(prep.summary(), file=sys.stderr)
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if not (out / "tokenizer").exists():
-        prep.tokenizer.save_pretrained(out / "tokenizer")
-    info = {
-        "run_id": run_id, "status": "running", "params": prep.params,
-        "non_embedding_params": prep.non_embedding_params, "model_config": prep.model_config.to_dict(),
-        "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
-        "train_tokens_available": prep.train_tokens_available, "unique_tokens": cfg.unique_tokens,
-        "epochs": cfg.epochs, "tokens_seen": cfg.unique_tokens * cfg.epochs, "flops": prep.flops,
-        "steps_per_epoch": prep.steps_per_epoch, "total_steps": prep.total_steps,
-        "val_tokens": prep.val.num_tokens, "mc_samples": cfg.mc_samples if cfg.objective == "diffusion" else 1,
-        "eval_epochs": cfg.resolved_eval_epochs(), "versions": {"torch": torch.__version__, "lightning": L.__version__},
-    }
-    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    if on_start is not None:
-        on_start()
-
+    # Everything that can still refuse the run (Lightning's own checks of accelerator, devices,
+    # precision) is built before the run folder exists; loggers create their folders lazily.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    mc_samples = cfg.mc_samples if cfg.objective == "diffusion" else 1
     optim = {k: getattr(cfg, k) for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
                                             "weight_decay", "beta1", "beta2")}
     use_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
@@ -189,10 +173,10 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     row_base = {
         "run_id": run_id, "objective": cfg.objective, "attention": cfg.attention, "model": cfg.model,
         "params": prep.params, "non_embedding_params": prep.non_embedding_params, "unique_tokens": cfg.unique_tokens,
-        "seed": cfg.seed, "mc_samples": info["mc_samples"],
-        "elbo_weight": "1/t" if cfg.objective == "diffusion" else "",
+        "seed": cfg.seed, "mc_samples": mc_samples,
+        "elbo_weight": ({"count": "L/l", "time": "1/t"}[cfg.elbo_estimator] if cfg.objective == "diffusion" else ""),
         "mask_eps": cfg.diffusion_eps if cfg.objective == "diffusion" else "", "seq_len": prep.model_config.seq_len,
-        "vocab_size": len(prep.tokenizer), "batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule,
+        "vocab_size": len(prep.tokenizer), "batch_size": prep.batch_layout[0], "run_epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule,
         "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
     }
     evaluation = EvaluationCallback(prep.val, cfg.resolved_eval_epochs(), cfg.eval_batch_size,
@@ -222,10 +206,30 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
         limit_val_batches=0, use_distributed_sampler=False, enable_progress_bar=cfg.progress and not quiet,
         plugins=[AtomicCheckpointIO()],
     )
-    data = BudgetDataModule(prep.train, prep.val, global_batch, accumulation, cfg.seed)
+    if not quiet:
+        print(prep.summary(), file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not (out / "tokenizer").exists():
+        prep.tokenizer.save_pretrained(out / "tokenizer")
+    info = {
+        "run_id": run_id, "status": "running", "params": prep.params,
+        "non_embedding_params": prep.non_embedding_params, "model_config": prep.model_config.to_dict(),
+        "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
+        "train_tokens_available": prep.train_tokens_available, "unique_tokens": cfg.unique_tokens,
+        "epochs": cfg.epochs, "tokens_seen": cfg.unique_tokens * cfg.epochs, "flops": prep.flops,
+        "steps_per_epoch": prep.steps_per_epoch, "total_steps": prep.total_steps,
+        "val_tokens": prep.val.num_tokens, "mc_samples": mc_samples,
+        "eval_epochs": cfg.resolved_eval_epochs(), "versions": {"torch": torch.__version__, "lightning": L.__version__},
+    }
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    if on_start is not None:
+        on_start()
+
+    data = BudgetDataModule(prep.train, global_batch, accumulation, cfg.seed)
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(lit, datamodule=data, ckpt_path=last if last.exists() else None)
-    tokens_trained = lit.tokens_trained()
+    tokens_trained = lit.final_tokens_trained
     if trainer.is_global_zero:
         info.update(status="done", train_time_s=round(lit.train_time_s, 3), global_step=trainer.global_step,
                     tokens_trained=tokens_trained, precision=precision, world_size=trainer.world_size)

@@ -43,6 +43,13 @@ class ModelConfig:
             self.n_kv_head = self.n_head
         if self.d_ff is None:
             self.d_ff = 32 * -(-(8 * self.d_model // 3) // 32)
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "attn_block",
+                     "attn_topk", "attn_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -71,6 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, d_model=64, seq_len=128),
     "small": dict(n_layer=4, n_head=4, d_model=128, seq_len=128),
     "base": dict(n_layer=6, n_head=6, d_model=384, seq_len=256),
+    "p125m": dict(n_layer=12, n_head=12, d_model=768, d_ff=2048, seq_len=2048),  # GPT-2-small shape, benchmarks
     "p7m": dict(n_layer=4, n_head=4, d_model=256, d_ff=640, seq_len=2048),
     "p44m": dict(n_layer=8, n_head=8, d_model=512, d_ff=1344, seq_len=2048),
     "p140m": dict(n_layer=15, n_head=12, d_model=768, d_ff=2048, seq_len=2048),

@@ -51,9 +51,13 @@ def test_uniform_logits_give_log_v_for_both_objectives():
     valid[-1, 20:] = False
     ar = build_objective("ar", bos_id=2).evaluate(model, x, valid)
     assert abs(ar.nll.item() / ar.tokens.item() - math.log(V)) < 1e-6
-    diff = build_objective("diffusion", mask_id=1, mc_samples=8).evaluate(model, x, valid, torch.Generator().manual_seed(0))
+    diff = build_objective("diffusion", mask_id=1, mc_samples=8, estimator="time").evaluate(
+        model, x, valid, torch.Generator().manual_seed(0))
     est, se = diff.nll.item() / diff.tokens.item(), math.sqrt(diff.mc_var.item()) / diff.tokens.item()
     assert se > 0 and abs(est - math.log(V)) < 3 * se + 1e-3
+    # the exact-count estimator has no Monte Carlo noise when every prediction costs log V
+    count = build_objective("diffusion", mask_id=1, mc_samples=8).evaluate(model, x, valid, torch.Generator().manual_seed(0))
+    assert abs(count.nll.item() / count.tokens.item() - math.log(V)) < 1e-6 and count.mc_var.item() < 1e-6
     # the training loss has the same expectation: average it over many draws
     obj = build_objective("diffusion", mask_id=1)
     g = torch.Generator().manual_seed(1)
@@ -77,9 +81,59 @@ def test_diffusion_masks_only_valid_tokens_and_is_deterministic():
         assert (inp[:, 7:] == x.repeat_interleave(inp.shape[0] // 4, 0)[:, 7:]).all()  # padding never masked
 
 
-def test_stratified_noise_levels_are_evenly_spaced():
+def test_training_noise_is_stratified_across_the_global_batch():
     obj = build_objective("diffusion", mask_id=1, eps=1e-3)
-    t = obj.stratified_t(8, torch.Generator().manual_seed(0)).sort().values
-    gaps = (t[1:] - t[:-1]) / (1 - 1e-3)
-    assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=1e-6)
-    assert t.min() >= 1e-3 and t.max() <= 1
+    def gens(ids):
+        return [torch.Generator().manual_seed(i) for i in ids]
+
+    noise = obj.training_noise(gens(range(8)), torch.arange(8.0), 8, torch.Generator().manual_seed(0), seq_len=5)
+    s = noise["strata"].sort().values
+    assert torch.allclose(s[1:] - s[:-1], torch.full((7,), 1 / 8), atol=1e-6) and 0 <= s.min() and s.max() < 1
+    # a row's draws depend on its own generator and position only, not on which rows share its micro-batch
+    alone = obj.training_noise(gens([3]), torch.tensor([3.0]), 8, torch.Generator().manual_seed(0), seq_len=5)
+    assert torch.equal(alone["u"][0], noise["u"][3]) and torch.allclose(alone["strata"], noise["strata"][3:4])
+
+
+def test_count_and_time_estimators_agree_on_a_real_model():
+    from models import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=40, seq_len=24, causal=False)).eval()
+    x = torch.randint(3, 40, (24, 24))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[0, 10:] = False
+    out = {}
+    with torch.no_grad():
+        for est in ("count", "time"):
+            s = build_objective("diffusion", mask_id=1, mc_samples=16, estimator=est).evaluate(
+                model, x, valid, torch.Generator().manual_seed(3))
+            out[est] = (s.nll.item() / s.tokens.item(), math.sqrt(s.mc_var.item()) / s.tokens.item())
+    (c, c_se), (t, t_se) = out["count"], out["time"]
+    assert abs(c - t) < 3 * math.hypot(c_se, t_se) and c_se < t_se
+
+
+def test_count_estimator_masks_exactly_l_tokens():
+    V = 16
+    model = FixedLogits(torch.zeros(V, V))
+    x = torch.randint(3, V, (3, 20))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[2, 7:] = False
+    build_objective("diffusion", mask_id=1, mc_samples=5).evaluate(model, x, valid, torch.Generator().manual_seed(0))
+    masked = (model.inputs[0] == 1)  # (15, 20): 5 draws per sequence
+    counts = masked.sum(dim=1).view(3, 5)
+    assert counts[:2].min() >= 1 and counts[:2].max() <= 20 and counts[2].max() <= 7
+    assert not masked.view(3, 5, 20)[2, :, 7:].any()  # padding never masked
+    assert len(set(counts[0].tolist())) == 5  # stratified: five different counts
+
+
+def test_count_training_loss_is_exact_for_uniform_logits_and_masks_l_tokens():
+    V = 32
+    model = FixedLogits(torch.zeros(V, V))
+    x = torch.randint(3, V, (8, 16))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[-1, 5:] = False
+    obj = build_objective("diffusion", mask_id=1, train_estimator="count")
+    loss = obj.loss_sum(model, x, valid, torch.Generator().manual_seed(0)) / valid.sum()
+    assert abs(loss.item() - math.log(V)) < 1e-5  # every row contributes exactly L * log V
+    counts = (model.inputs[0] == 1).sum(dim=1)
+    assert len(set(counts[:-1].tolist())) > 4 and counts.min() >= 1  # stratified exact counts

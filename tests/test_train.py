@@ -99,6 +99,23 @@ def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, mon
     assert (part / "metrics" / "attempt-0" / "metrics.csv").exists() and (part / "metrics" / "attempt-1").exists()
 
 
+def test_each_epoch_has_its_own_order_and_covers_the_budget(corpus_spec, tmp_path, monkeypatch):
+    from experiments.module import LitLM
+
+    seen: dict[int, list[int]] = {}
+    original = LitLM.training_step
+
+    def record(self, batch, batch_idx):
+        seen.setdefault(self.current_epoch, []).extend(batch[3].tolist())
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitLM, "training_step", record)
+    assert main(train_args(corpus_spec, tmp_path / "r", "ar", 1000, 3)) == 0
+    rows = -(-1000 // 32)
+    assert all(sorted(order) == list(range(rows)) for order in seen.values()) and len(seen) == 3
+    assert seen[0] != seen[1] != seen[2]
+
+
 @pytest.mark.parametrize("change, message", [
     (["--objective", "gpt"], "unknown objective 'gpt'"),
     (["--model", "huge"], "unknown model 'huge'"),
@@ -111,6 +128,11 @@ def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, mon
     (["--unique-tokens", "100000000"], "exceeds the training split"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
     (["--model-arg", "n_layers=3"], "model_args"),
+    (["--model-arg", "seq_len=0"], "seq_len must be a positive integer"),
+    (["--vocab-size", "100"], "vocab_size must be at least 259"),
+    (["--eval-epochs", "['a']"], "eval_epochs must be a list of positive integers"),
+    (["--batch-size", "7", "--devices", "2"], "does not split over 2 ranks"),
+    (["--accelerator", "gpu"], "gpu backend"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_folder(corpus_spec, tmp_path, capsys, change, message):
     out = tmp_path / "never"

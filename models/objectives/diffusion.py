@@ -10,9 +10,9 @@ which is, in expectation over t and the masks, the negative ELBO per token (``lo
 the numerator; the trainer divides by the valid tokens of the whole step, across ranks) (an upper bound on
 the NLL). eps = 1e-3 as in MDLM, SMDM and Prabhudesai et al.
 
-Validation: K Monte Carlo draws per sequence with stratified t_k = eps + (1 - eps) (u + k) / K and
-masks from a seeded generator, so the estimate is deterministic; the variance of the estimate is
-returned with it (sum over sequences of the between-draw variance divided by K).
+Validation: K Monte Carlo draws per sequence, stratified (in the masked count, or in t) and masked
+by a seeded generator, so the estimate is deterministic; the variance of the estimate is returned
+with it (sum over sequences of the between-draw variance divided by K). See ``evaluate``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ class MaskedDiffusionObjective:
     name = "diffusion"
     causal = False
 
-    def __init__(self, *, mask_id: int, eps: float = 1e-3, mc_samples: int = 4, **_: object):
+    def __init__(self, *, mask_id: int, eps: float = 1e-3, mc_samples: int = 4, estimator: str = "count",
+                 train_estimator: str = "time", **_: object):
         if not 0 < eps < 1:
             raise ValueError(f"eps must lie in (0, 1), got {eps}")
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be at least 1, got {mc_samples}")
+        if estimator not in ("count", "time") or train_estimator not in ("count", "time"):
+            raise ValueError(f"estimators must be 'count' or 'time', got {estimator!r}, {train_estimator!r}")
         self.mask_id, self.eps, self.mc_samples = mask_id, eps, mc_samples
+        self.estimator, self.train_estimator = estimator, train_estimator
 
     def _weighted_ce(self, model: nn.Module, x, valid, t, u) -> torch.Tensor:
         """Per-sequence sum of CE / t over masked tokens, for noise levels t (B,) and uniforms u (B, T)."""
@@ -45,37 +49,64 @@ class MaskedDiffusionObjective:
         per_token[masked] = ce / t[:, None].expand_as(x)[masked]
         return per_token.sum(dim=1)  # (B,)
 
-    def noise_levels(self, positions: torch.Tensor, group: int, offset: torch.Tensor) -> torch.Tensor:
-        """Antithetic t for rows at ``positions`` of a group of ``group`` rows sharing a uniform ``offset``:
-        t = eps + (1 - eps) * ((offset + position / group) mod 1)."""
-        return self.eps + (1 - self.eps) * ((offset + positions / group) % 1.0)
+    @staticmethod
+    def exact_count(strata: torch.Tensor, u: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, u') such that ``u' < t`` masks exactly l = ceil(strata * L) of each row's L valid tokens
+        (the l with the smallest ``u``), with weight 1 / t = L / l: the exact-count ("1/l") form."""
+        n_valid = valid.sum(dim=1).cpu().clamp_min(1)  # (B,)
+        count = torch.ceil(strata * n_valid).clamp_min(1)
+        rank = u.masked_fill(~valid.cpu(), 2.0).argsort(dim=1).argsort(dim=1)  # padding ranks last
+        return (count / n_valid).float(), (rank.float() + 0.5) / n_valid[:, None]
 
-    def stratified_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Antithetic noise levels (B,) evenly spaced across the batch."""
-        return self.noise_levels(torch.arange(batch), batch, torch.rand(1, generator=generator))
+    @staticmethod
+    def strata(positions: torch.Tensor, group: int, offset: torch.Tensor) -> torch.Tensor:
+        """Antithetic levels in [0, 1) for rows at ``positions`` of a group of ``group`` rows sharing a
+        uniform ``offset``: (offset + position / group) mod 1."""
+        return (offset + positions / group) % 1.0
 
     def training_noise(self, row_generators: list[torch.Generator], positions: torch.Tensor, group: int,
                        offset_generator: torch.Generator, seq_len: int) -> dict[str, torch.Tensor]:
         """Noise drawn per row (its own generator) and per optimiser step (the shared offset), so the
         draws do not depend on how a global batch is split over ranks and micro-batches."""
-        t = self.noise_levels(positions, group, torch.rand(1, generator=offset_generator))
+        strata = self.strata(positions, group, torch.rand(1, generator=offset_generator))
         u = torch.stack([torch.rand(seq_len, generator=g) for g in row_generators])
-        return {"t": t, "u": u}
+        return {"strata": strata, "u": u}
 
     def loss_sum(self, model, x, valid, generator=None, noise=None):
-        """``noise`` ({"t": (B,), "u": (B, T)}) fixes the draws; otherwise they come from ``generator``
-        (drawn on the CPU so results do not depend on the device)."""
+        """``noise`` ({"strata": (B,) in [0, 1), "u": (B, T)}) fixes the draws; otherwise they come from
+        ``generator`` (drawn on the CPU so results do not depend on the device). ``train_estimator``
+        "time" (default) maps strata to t = eps + (1 - eps) * strata with i.i.d. masks; "count" masks
+        exactly ceil(strata * L) tokens with weight L / l (same expectation, lower variance)."""
         if noise is None:
-            noise = {"t": self.stratified_t(x.shape[0], generator), "u": torch.rand(x.shape, generator=generator)}
-        return self._weighted_ce(model, x, valid, noise["t"].to(x.device), noise["u"]).sum()
+            B = x.shape[0]
+            noise = {"strata": self.strata(torch.arange(B), B, torch.rand(1, generator=generator)),
+                     "u": torch.rand(x.shape, generator=generator)}
+        if self.train_estimator == "count":
+            t, u = self.exact_count(noise["strata"], noise["u"], valid)
+        else:
+            t, u = self.eps + (1 - self.eps) * noise["strata"], noise["u"]
+        return self._weighted_ce(model, x, valid, t.to(x.device), u).sum()
 
     def evaluate(self, model, x, valid, generator):
+        """K draws per sequence; the estimator is ``self.estimator``:
+
+        * ``"count"`` (default; LLaDA's estimator): draw k masks exactly l_k = ceil((u + k) / K * L) of the
+          L valid tokens (stratified counts) and weight the summed CE by L / l_k;
+        * ``"time"`` (MDLM / SMDM): stratified t_k = eps + (1 - eps) (u + k) / K, i.i.d. masks, weight 1 / t_k.
+
+        Both estimate the same continuous-time ELBO (the ``count`` form integrates the binomial mask count
+        out exactly, so it has lower variance; ``time`` truncates t below eps)."""
         B, K = x.shape[0], self.mc_samples
         u = torch.rand(B, 1, generator=generator)  # one offset per sequence
-        t = self.eps + (1 - self.eps) * (u + torch.arange(K)) / K  # (B, K), stratified in [eps, 1)
+        strata = (u + torch.arange(K)) / K  # (B, K), stratified in [0, 1)
         xs = x.repeat_interleave(K, dim=0)  # (B*K, T): the K draws of a sequence are adjacent
         vs = valid.repeat_interleave(K, dim=0)
-        u_mask = torch.rand(xs.shape, generator=generator)
-        est = self._weighted_ce(model, xs, vs, t.reshape(-1).to(x.device), u_mask).view(B, K).double()
+        scores = torch.rand(xs.shape, generator=generator)
+        if self.estimator == "time":
+            t = self.eps + (1 - self.eps) * strata.reshape(-1)
+        else:
+            t, scores = self.exact_count(strata.reshape(-1), scores, vs)
+        est = self._weighted_ce(model, xs, vs, t.to(x.device), scores)
+        est = est.view(B, K).double()
         var = est.var(dim=1) / K if K > 1 else torch.zeros_like(est[:, 0])  # MC variance of the mean
         return EvalSums(est.mean(dim=1).sum(), var.sum(), valid.sum().double())

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data import (BudgetError, CorpusError, budget, get_tokenizer, load_corpus, token_byte_lengths, token_streams,
-                  validation_set)
+from data import (
+    BudgetError,
+    CorpusError,
+    budget,
+    get_tokenizer,
+    load_corpus,
+    token_byte_lengths,
+    token_streams,
+    validation_set,
+)
 from data.corpus import is_validation
 
 VOCAB = 320

@@ -21,6 +21,18 @@ def _isolated_cache(tmp_path_factory):
         os.environ["CROSSOVER_CACHE"] = old
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's thread contention
+    (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_corpus(folder: Path, n_docs: int = 120) -> Path:
     """Small Python-like documents with varied content (enough for a train/validation split)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,13 +20,7 @@ SMALL = dict(vocab_size=64, seq_len=96, n_layer=2, n_head=4, n_kv_head=2, d_mode
              attn_block=8, attn_topk=4, attn_window=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_model(kind: str, causal: bool, seed: int = 0, **overrides) -> Transformer:

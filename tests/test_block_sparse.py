@@ -45,13 +45,7 @@ BACKENDS = [
 SHAPES = [(2, 67, 4, 2, 16, 16), (1, 100, 2, 2, 24, 12), (1, 80, 4, 1, 16, 32)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def shape_id(shape: tuple[int, ...]) -> str:

@@ -148,3 +148,16 @@ def test_console_script_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "--objective", "bogus", "--out", str(out)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "unknown objective 'bogus'" in p.stderr and not out.exists()
+
+
+def test_unreachable_hf_corpus_is_one_line(tmp_path):
+    """Offline (as in CI), an hf: corpus that is not cached fails with one line and exit code 2."""
+    import os
+
+    out = tmp_path / "hf"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "--corpus", "hf:nonexistent/dataset",
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and not out.exists()
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("crossover train: error: corpus 'hf:nonexistent/dataset' "
+                                                        "could not be loaded")

@@ -95,7 +95,6 @@ class Prepared:
 def prepare(cfg: RunConfig) -> Prepared:
     """Everything before training; raises ConfigError / CorpusError / BudgetError on bad input."""
     cfg.validate()
-    check_budget(cfg.unique_tokens, cfg.epochs)
     corpus = load_corpus(cfg.corpus)
     tokenizer = get_tokenizer(corpus, cfg.vocab_size)
     streams = token_streams(corpus, tokenizer, cfg.order_seed)

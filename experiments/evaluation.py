@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data.budget import Packed
-from experiments.results import upsert_row
+from analysis.table import upsert_row
 from models.objectives import EvalSums
 
 EVAL_SEED = 1234

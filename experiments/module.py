@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from experiments.results import atomic_write, atomic_write_text
+from analysis.table import atomic_write, atomic_write_text
 from models import ModelConfig, Transformer
 from models.objectives import build_objective
 

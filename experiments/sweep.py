@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from experiments.config import ConfigError, RunConfig
-from experiments.results import COLUMNS, atomic_write_text, read_rows, write_rows
+from analysis.table import COLUMNS, atomic_write_text, read_rows, write_rows
 
 AXES = ("objective", "unique_tokens", "epochs", "compute", "model", "attention", "seed")
 SPEC_KEYS = {"name", "description", "axes", "settings", "overrides", "slurm"}

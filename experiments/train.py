@@ -31,7 +31,7 @@ import yaml
 from data import BudgetError, Corpus, Packed, budget, get_tokenizer, load_corpus, token_byte_lengths, token_streams
 from data.budget import check_budget, validation_set
 from experiments.config import ConfigError, RunConfig
-from experiments.results import atomic_write_text, read_rows
+from analysis.table import atomic_write_text, read_rows
 from models import ModelConfig, Transformer
 
 

@@ -116,7 +116,7 @@ def test_sigkill_mid_cell_then_rerun_gives_the_uninterrupted_table(tmp_path, cor
 
 
 def test_local_runner_status_failure_isolation_and_rerun(tmp_path, corpus_spec, capsys):
-    from experiments.results import atomic_write_text
+    from analysis.table import atomic_write_text
     from experiments.sweep import init_folder
 
     path = spec_file(tmp_path, corpus_spec)

@@ -3,45 +3,53 @@
 Layout of ``out_dir`` (the suffix ``_<attention>`` is added to every figure name only when the
 table holds several attention kinds):
 
-* ``loss_vs_compute.{png,pdf}``: loss against 6ND FLOPs per budget, best-so-far frontiers.
-* ``loss_vs_epochs.{png,pdf}``: loss against epochs per model, a colour per budget.
-* ``law_fit.{png,pdf}``: data and the fitted data-constrained law per objective.
-* ``c_crit.{png,pdf}``: crossover compute against U with the power-law fit (when at least one
-  budget has a crossover; the fit line needs two). Otherwise the crossover table in
-  ``summary.md`` is the only record.
+* ``loss_vs_compute.{png,pdf}``: loss against 6ND FLOPs with best-so-far frontiers (a panel per
+  budget, up to 9, when there are several families; one panel coloured by U otherwise).
+* ``loss_vs_epochs.{png,pdf}``: loss against epochs, a panel per model size (up to 9), colour = U.
+* ``law_fit.{png,pdf}``: per family, observed against predicted loss and the law over the data of
+  one model; degenerate fits are stated, not drawn.
+* ``data_value.{png,pdf}``: effective unique data D'/U against epochs per family, with R_D* (when a
+  family has a drawable law).
+* ``c_crit.{png,pdf}``: crossover compute against U, its power law, C_crit(U) from the fitted laws
+  and Prabhudesai et al.'s exponent (when there is a crossover or a law crossing).
+* ``block_size.{png,pdf}``: best loss against block size b per U (when the table has ``block_size``).
 * ``fits.json``: ``analysis.fits.fit_table`` output for the default attention kind ("dense", or
   the only/first kind); with several kinds also ``fits_<attention>.json`` per kind.
 * ``summary.md``: provenance, best losses, crossovers, law fits and C_crit; written last.
 
-Every file is written to a temporary file in ``out_dir`` and moved into place with
-``os.replace``, so a reader never sees a half-written file.
+Every file is written through ``analysis.table.atomic_write`` (a temporary file in ``out_dir``
+moved into place), so a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import tempfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.crossover import PRABHUDESAI_C_CRIT_EXPONENT, Crossover
-from analysis.fits import Analysis, FitPoints, analyse
+from analysis.fits import UNITS, Analysis, BaseLaws, FitPoints, analyse, load_base_laws
+from analysis.lawfit import Estimate, LawFit, Protocol
+from analysis.plotkit import format_epochs, format_sci, format_tokens, style_context
 from analysis.plots import (
-    format_sci,
-    format_tokens,
     measurement_note,
+    plot_block_size,
     plot_c_crit,
+    plot_data_value,
     plot_law_fit,
     plot_loss_vs_compute,
     plot_loss_vs_epochs,
-    style_context,
 )
-from analysis.results import OBJECTIVES, aggregate_points, default_attention, load_results
+from analysis.results import REFERENCE_FAMILY, aggregate_points, default_attention, families, load_results
+from analysis.table import atomic_write, atomic_write_text
+
+FORMATS: tuple[str, ...] = ("png", "pdf")
 
 _PROVENANCE_COLUMNS = {
     "corpus": "corpus",
@@ -56,39 +64,11 @@ _DIFFUSION_COLUMNS = {"elbo_weight": "diffusion ELBO weight", "mask_eps": "diffu
                       "mc_samples": "diffusion MC samples"}
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    _atomic_write(path, write)
-
-
-def _save_figure(fig: Figure, out_dir: Path, stem: str) -> list[str]:
+def _save_figure(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
     names = []
-    for ext in ("png", "pdf"):
-        _atomic_write(out_dir / f"{stem}.{ext}", lambda tmp, ext=ext: fig.savefig(tmp, format=ext, bbox_inches="tight"))
+    for ext in formats:
+        atomic_write(out_dir / f"{stem}.{ext}",
+                     lambda f, ext=ext: fig.savefig(f, format=ext, bbox_inches="tight"))
         names.append(f"{stem}.{ext}")
     return names
 
@@ -100,7 +80,7 @@ def _values(df: pd.DataFrame, column: str) -> str:
 
 def _provenance(df: pd.DataFrame, source: str) -> list[str]:
     lines = ["## Provenance", "", f"- source: `{source}` ({len(df)} rows, {df['run_id'].nunique()} runs)"]
-    diffusion = df[df["objective"] == "diffusion"]
+    diffusion = df[df["objective"] != REFERENCE_FAMILY]
     for rows, columns in ((df, _PROVENANCE_COLUMNS), (diffusion, _DIFFUSION_COLUMNS)):
         for column, label in columns.items():
             if column in rows.columns and rows[column].notna().any():
@@ -110,10 +90,12 @@ def _provenance(df: pd.DataFrame, source: str) -> list[str]:
         f"{m.model} (N = {format_tokens(m.non_embedding_params)} non-embedding, {format_tokens(m.params)} total)"
         for m in models.itertuples(index=False)
     ]
+    if len(described) > 12:
+        described = [*described[:6], f"... ({len(described) - 12} more) ...", *described[-6:]]
     lines.append(f"- models: {'; '.join(described)}")
     lines.append(f"- attention: {_values(df, 'attention')}")
     lines.append(f"- seeds: {_values(df, 'seed')}")
-    lines.append(f"- objectives: {_values(df, 'objective')}")
+    lines.append(f"- objectives: {_values(df, 'objective')}; families: {', '.join(families(df))}")
     return lines
 
 
@@ -125,112 +107,133 @@ def _crossover_cell(c: Crossover) -> str:
     return f"n/a ({c.note})"
 
 
-def _opt(x: float | None, fmt: str = ".4g") -> str:
-    return "null" if x is None else format(x, fmt)
+def _se(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
 def _best_table(points: pd.DataFrame, analysis: Analysis) -> list[str]:
     lines = [
         "### Best validation loss per budget",
         "",
-        "| U (tokens) | objective | best loss (nats/token) | ± SE | epoch | model | compute (FLOPs) "
-        "| crossover (FLOPs) |",
+        "| U (tokens) | family | best loss (nats/token) | ± SE | epoch | model | compute (FLOPs) "
+        "| crossover with AR (FLOPs) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    crossovers = {c.unique_tokens: c for c in analysis.crossovers}
+    crossovers = {(c.family, c.unique_tokens): c for c in analysis.crossovers}
     for budget in sorted(points["unique_tokens"].unique()):
-        for objective in OBJECTIVES:
-            own = points[(points["unique_tokens"] == budget) & (points["objective"] == objective)]
+        for family in analysis.families:
+            own = points[(points["unique_tokens"] == budget) & (points["family"] == family)]
             if own.empty:
                 continue
             best = own.loc[own["val_loss"].idxmin()]
-            cross = _crossover_cell(crossovers[int(budget)]) if objective == "diffusion" else ""
+            cross = crossovers.get((family, int(budget)))
             lines.append(
-                f"| {format_tokens(budget)} | {objective} | {best['val_loss']:.4f} | {best['se']:.4f} | "
-                f"{int(best['epochs'])} | {best['model']} | {format_sci(best['flops'])} | {cross} |"
+                f"| {format_tokens(budget)} | {family} | {best['val_loss']:.4f} | {_se(best['se'])} | "
+                f"{format_epochs(best['epochs'])} | {best['model']} | {format_sci(best['flops'])} | "
+                f"{'' if cross is None else _crossover_cell(cross)} |"
             )
     return lines
 
 
 def _crossover_table(analysis: Analysis) -> list[str]:
+    if not analysis.crossovers:
+        return ["### Crossover", "", "No crossover to compute: the table needs the family `ar` and another one."]
     lines = [
         "### Crossover",
         "",
-        "| U (tokens) | AR best (nats/token) | crossover C, first evaluated (FLOPs) | interpolated C (FLOPs) "
-        "| diffusion frontier there | significant (2 SE) | first significant C (FLOPs) | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | U (tokens) | AR best (nats/token) | crossover C, first evaluated (FLOPs) | interpolated C (FLOPs) "
+        "| frontier there | significant (2 SE) | first significant C (FLOPs) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in analysis.crossovers:
-        ar_best = "n/a" if c.ar_best is None else f"{c.ar_best:.4f} ± {c.ar_best_se:.4f}"
+        ar_best = "n/a" if c.ar_best is None else f"{c.ar_best:.4f} ± {_se(c.ar_best_se)}"
+        significant = {None: "—" if c.flops is None and c.significant is None else "unknown (no SE)", True: "yes",
+                       False: "no"}[c.significant]
         lines.append(
-            f"| {format_tokens(c.unique_tokens)} | {ar_best} | {_crossover_cell(c)} | "
+            f"| {c.family} | {format_tokens(c.unique_tokens)} | {ar_best} | {_crossover_cell(c)} | "
             f"{'—' if c.flops_interp is None else format_sci(c.flops_interp)} | "
-            f"{'—' if c.frontier_loss is None else f'{c.frontier_loss:.4f}'} | "
-            f"{'—' if c.significant is None else ('yes' if c.significant else 'no')} | "
+            f"{'—' if c.frontier_loss is None else f'{c.frontier_loss:.4f}'} | {significant} | "
             f"{'—' if c.flops_significant is None else format_sci(c.flops_significant)} | {c.note or ''} |"
         )
     return lines
 
 
+def estimate_cell(est: Estimate | None, fmt: str = ".4g") -> str:
+    """A table cell for one parameter (``Estimate.describe``; 'n/a' when not identified)."""
+    return "n/a" if est is None else est.describe(fmt)
+
+
+_LAW_HEAD = """### Data-constrained law (Muennighoff et al.)
+
+L = E + A/N'^alpha + B/D'^beta with D' = U_D + U_D R_D* (1 - exp(-R_D/R_D*)), U_D = min(U, D), R_D = D/U_D - 1
+(epochs - 1), and N' = U_N + U_N R_N* (1 - exp(-R_N/R_N*)), U_N = min(N, N_opt(U_D)),
+N_opt(U) = (alpha A/(beta B))^(1/alpha) U^(beta/alpha), R_N = N/U_N - 1; N non-embedding parameters, U and
+D = U x epochs in raw tokens, L in nats/token. Huber (delta 1e-3) on log-loss; ± is half the central 68 %
+interval of {n_bootstrap} bootstrap refits over runs; "at bound": the estimate sits on its fit bound and has no
+error bar; "n/a": not identified by these points. Status "degenerate": not a law (see note)."""
+
+
 def _law_table(analysis: Analysis, n_bootstrap: int) -> list[str]:
-    lines = [
-        "### Data-constrained law (Muennighoff et al.)",
-        "",
-        "L = E + A/N^alpha + B/D'^beta, D' = U + U R_D* (1 - exp(-(epochs - 1)/R_D*)); "
-        f"Huber (delta 1e-3) on log-loss; R_D* ± half the central 68% interval of {n_bootstrap} bootstrap refits.",
-        "",
-        "| objective | R_D* | ± | E | A | alpha | B | beta | points fitted (excluded) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for objective in OBJECTIVES:
-        law = analysis.laws[objective]
+    lines = [_LAW_HEAD.format(n_bootstrap=n_bootstrap), "",
+             "| family | status | protocol | R_D* | R_N* | E | A | alpha | B | beta | R^2 | points fitted "
+             "(excluded), runs | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for family in analysis.families:
+        law: LawFit = analysis.laws[family]
+        cells = [estimate_cell(law.estimates.get(n), ".3f" if n in ("alpha", "beta") else ".4g")
+                 for n in ("R_D_star", "R_N_star", "E", "A", "alpha", "B", "beta")]
         lines.append(
-            f"| {objective} | {_opt(law.R_D_star)} | {_opt(law.R_D_star_err)} | {_opt(law.E)} | {_opt(law.A)} | "
-            f"{_opt(law.alpha, '.3f')} | {_opt(law.B)} | {_opt(law.beta, '.3f')} | "
-            f"{law.n_points} ({law.n_excluded}) | {law.note or ''} |"
+            f"| {family} | {law.status} | {(law.protocol_used or '—').replace('_', '-')} | {' | '.join(cells)} | "
+            f"{'—' if law.r2 is None else f'{law.r2:.4f}'} | {law.n_points} ({law.n_excluded}), {law.n_runs} | "
+            f"{'; '.join(law.notes)} |"
         )
     return lines
 
 
 def _c_crit_lines(analysis: Analysis) -> list[str]:
-    fit = analysis.c_crit
-    found = sum(c.flops is not None for c in analysis.crossovers)
-    if fit is None:
-        text = f"C_crit exponent: null (needs crossovers at >= 2 budgets; found {found})."
-    else:
-        se = f" ± {fit.exponent_se:.3f}" if fit.exponent_se is not None else ""
-        text = (
-            f"C_crit = c U^k over {fit.n_points} budgets (U raw tokens, C FLOPs, interpolated crossover): "
-            f"**k = {fit.exponent:.3f}{se}**, c = {format_sci(fit.prefactor)}."
-        )
-    return ["### Critical compute", "", text + f" Reference: Prabhudesai et al. k = {PRABHUDESAI_C_CRIT_EXPONENT} "
-            "(C ~= 192 U^2.174)."]
+    lines = ["### Critical compute", ""]
+    for family, fit in analysis.c_crit.items():
+        found = sum(c.flops is not None for c in analysis.crossovers if c.family == family)
+        if fit is None:
+            text = f"- {family}, measured: C_crit exponent null (needs crossovers at >= 2 budgets; found {found})."
+        else:
+            se = f" ± {fit.exponent_se:.3f}" if fit.exponent_se is not None else ""
+            text = (f"- {family}, measured: C_crit = c U^k over {fit.n_points} budgets (U raw tokens, C FLOPs, "
+                    f"interpolated crossover): **k = {fit.exponent:.3f}{se}**, c = {format_sci(fit.prefactor)}.")
+        lines.append(text)
+        lc = analysis.law_c_crit.get(family)
+        if lc is not None:
+            law_text = (f"k = {lc.fit.exponent:.3f}, c = {format_sci(lc.fit.prefactor)}" if lc.fit is not None
+                        else "no power law")
+            lines.append(f"- {family}, from the fitted laws (frontier min_N L(N, U, C/6N) crosses AR's): {law_text}"
+                         + (f" ({lc.note})" if lc.note else "") + ".")
+    if len(lines) == 2:
+        lines.append("- no family to compare with AR.")
+    lines.append(f"- Reference: Prabhudesai et al. k = {PRABHUDESAI_C_CRIT_EXPONENT} (C ~= 192 U^2.174, U raw tokens).")
+    return lines
 
 
 _METHOD = """## Definitions
 
-- Points are seed means per (attention, objective, model, U, epochs); SE = sqrt(MC SE^2 + seed SD^2 / n)
-  (the Monte Carlo SE of the diffusion ELBO; AR has none, so with one seed its SE is 0).
-- Compute C = 6 N D with N = non-embedding parameters and D = tokens seen = U x epochs.
+- Units: {units}.
+- Families: the objective, plus `-b<block size>` where the table gives one; `ar` is compared with every other.
+- Points are seed means per (attention, family, model, U, epochs, run length); SE = sqrt(MC SE^2 + seed SD^2 / n)
+  (the Monte Carlo SE of the diffusion ELBO; AR has none, so with one seed its SE is 0; "n/a" where the table
+  gives no `val_loss_se` and one seed).
 - Best-so-far frontier: lowest loss over points with compute <= C (all models at that U).
-- Crossover: the first evaluated diffusion compute at which the diffusion frontier is below AR's
-  best loss at that U (minimum over all AR points); "none up to C" names the largest diffusion compute
-  tried. Interpolated: linear in log C between the last frontier step above and the first below.
-  Significant: frontier + 2 sqrt(SE_diffusion^2 + SE_AR^2) < AR best. fits.json reports the first
-  evaluated compute; the C_crit fit uses the interpolated one (a shared epoch grid quantises the former).
+- Crossover: the first evaluated compute at which a family's frontier is below AR's best loss at that U
+  (minimum over all AR points); "none up to C" names the largest compute tried. Interpolated: linear in log C
+  between the last frontier step above and the first below. Significant: frontier + 2 sqrt(SE^2 + SE_AR^2) <
+  AR best. The C_crit fit uses the interpolated crossover (a shared epoch grid quantises the first evaluated).
 - Law fits use {fit_points}."""
 
+_FIT_POINTS_TEXT = {"up_to_best": "each run's evaluations up to its lowest loss",
+                    "up_to_best_config": "per (family, model, U), the points up to the epoch of the lowest loss",
+                    "all": "all points"}
 
-def build_summary(
-    df: pd.DataFrame,
-    points: pd.DataFrame,
-    analyses: list[Analysis],
-    *,
-    source: str,
-    figures: list[str],
-    fit_points: FitPoints,
-    n_bootstrap: int,
-) -> str:
+
+def build_summary(df: pd.DataFrame, points: pd.DataFrame, analyses: list[Analysis], *, source: str,
+                  figures: list[str], fit_points: FitPoints, n_bootstrap: int) -> str:
     """The summary Markdown for one results table and its per-attention analyses."""
     lines = ["# Crossover report: masked diffusion vs autoregressive under repeated data", ""]
     lines += [measurement_note(df) + "; losses in nats/token.", ""]
@@ -242,14 +245,26 @@ def build_summary(
         lines += _crossover_table(analysis) + [""]
         lines += _law_table(analysis, n_bootstrap) + [""]
         lines += _c_crit_lines(analysis)
-    which = "each curve's epochs up to its best epoch" if fit_points == "up_to_best" else "all points"
-    lines += ["", _METHOD.format(fit_points=which), "", "## Files", ""]
+    lines += ["", _METHOD.format(units=UNITS, fit_points=_FIT_POINTS_TEXT[fit_points]), "", "## Files", ""]
     lines += [f"- {name}" for name in figures]
     return "\n".join(lines) + "\n"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def report_figures(own: pd.DataFrame, analysis: Analysis, fit_points: FitPoints, note: str) -> dict[str, Figure]:
+    """The report's figures for one attention kind, by file stem (figures with nothing to show are left out)."""
+    figures: dict[str, Figure | None] = {
+        "loss_vs_compute": plot_loss_vs_compute(own, analysis.crossovers, note=note),
+        "loss_vs_epochs": plot_loss_vs_epochs(own, note=note),
+        "law_fit": plot_law_fit(own, analysis.laws, fit_points=fit_points, note=note),
+        "data_value": plot_data_value(own, analysis.laws, note=note),
+        "c_crit": plot_c_crit(analysis, note=note),
+        "block_size": plot_block_size(own, note=note),
+    }
+    return {stem: fig for stem, fig in figures.items() if fig is not None}
 
 
 def write_report(
@@ -259,39 +274,42 @@ def write_report(
     fit_points: FitPoints = "up_to_best",
     n_bootstrap: int = 200,
     seed: int = 0,
+    protocol: Protocol = "two_stage",
+    base: BaseLaws = None,
+    formats: Sequence[str] = FORMATS,
 ) -> str:
-    """Analyse ``results_csv`` and write the report folder ``out_dir``; return the summary Markdown."""
+    """Analyse ``results_csv`` and write the report folder ``out_dir``; return the summary Markdown.
+
+    ``protocol`` and ``base`` choose the law fit (``analysis.fits.fit_table``); ``formats`` the figure files.
+
+    Raises ``analysis.results.TableError`` (one line) for a malformed table or base-law file, before
+    anything is written.
+    """
     df = load_results(results_csv)
+    bases = load_base_laws(base)
     points = aggregate_points(df)
+    kinds = sorted(points["attention"].unique())
+    analyses = [analyse(points, k, fit_points=fit_points, n_bootstrap=n_bootstrap, seed=seed, protocol=protocol,
+                        base=bases) for k in kinds]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kinds = sorted(points["attention"].unique())
-    analyses = [analyse(points, k, fit_points=fit_points, n_bootstrap=n_bootstrap, seed=seed) for k in kinds]
     note = measurement_note(df)
     files: list[str] = []
     with style_context():
         for analysis in analyses:
             own = points[points["attention"] == analysis.attention]
             suffix = f"_{_slug(analysis.attention)}" if len(kinds) > 1 else ""
-            figures = {
-                "loss_vs_compute": plot_loss_vs_compute(own, analysis.crossovers, note=note),
-                "loss_vs_epochs": plot_loss_vs_epochs(own, note=note),
-                "law_fit": plot_law_fit(own, analysis.laws, fit_points=fit_points, note=note),
-            }
-            if any(c.flops is not None for c in analysis.crossovers):
-                figures["c_crit"] = plot_c_crit(analysis.crossovers, analysis.c_crit, note=note)
-            for stem, fig in figures.items():
-                files += _save_figure(fig, out, stem + suffix)
+            for stem, fig in report_figures(own, analysis, fit_points, note).items():
+                files += _save_figure(fig, out, stem + suffix, formats)
     reference = next(a for a in analyses if a.attention == default_attention(kinds))
-    _write_text(out / "fits.json", json.dumps(reference.to_json(), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "fits.json", json.dumps(reference.to_json(), indent=2, allow_nan=False) + "\n")
     files.append(f"fits.json ({reference.attention} attention)")
     if len(kinds) > 1:
         for analysis in analyses:
             name = f"fits_{_slug(analysis.attention)}.json"
-            _write_text(out / name, json.dumps(analysis.to_json(), indent=2, allow_nan=False) + "\n")
+            atomic_write_text(out / name, json.dumps(analysis.to_json(), indent=2, allow_nan=False) + "\n")
             files.append(name)
-    summary = build_summary(
-        df, points, analyses, source=str(results_csv), figures=files, fit_points=fit_points, n_bootstrap=n_bootstrap
-    )
-    _write_text(out / "summary.md", summary)
+    summary = build_summary(df, points, analyses, source=str(results_csv), figures=files, fit_points=fit_points,
+                            n_bootstrap=n_bootstrap)
+    atomic_write_text(out / "summary.md", summary)
     return summary

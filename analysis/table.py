@@ -48,6 +48,7 @@ EXTRA_COLUMNS: dict[str, str] = {
     "mc_samples": "int",
     "elbo_weight": "str",
     "mask_eps": "float",
+    "block_size": "int",  # block diffusion: tokens per block (empty for other objectives)
     "step": "int",
     "train_time_s": "float",
     "eval_time_s": "float",

@@ -106,13 +106,13 @@ EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== benchmark"
-timeout -s INT 210 python -m experiments.bench_attention --device cuda --dtype bfloat16 --no-progress \
+timeout -s INT 210 python -m experiments.cli bench attention --device cuda --dtype bfloat16 --no-progress \
   --topk 16 --window 512 --methods dense,window,nsa,topk,op --lengths 1024,2048,4096,8192,16384,32768,65536 \
   --repeats 5 --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== FlexAttention comparison"
-timeout -s INT 120 python -m experiments.bench_attention --device cuda --dtype bfloat16 --no-progress \
+timeout -s INT 120 python -m experiments.cli bench attention --device cuda --dtype bfloat16 --no-progress \
   --topk 16 --window 512 --methods dense,flex,window --modes causal --lengths 16384,65536 \
   --repeats 5 --json "$out/flex.json" 2>&1 | tee "$out/flex.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

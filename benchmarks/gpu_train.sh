@@ -21,7 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 for attention in dense nsa; do
   echo "== $attention" | tee -a "$out/summary.txt"
-  timeout -s INT 210 python -m experiments.bench_train --models p125m --attention "$attention" \
+  timeout -s INT 210 python -m experiments.cli bench train --models p125m --attention "$attention" \
       --objective diffusion --seq-len 2048 --vocab-size 50304 --batch-size 8 --steps 30 --warmup 10 \
       --repeats 1 --precision bf16-mixed --compile --out "$out/train_$attention.json" 2>&1 \
     | grep -v -E "Warning|warn" | tee -a "$out/summary.txt"

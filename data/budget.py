@@ -94,8 +94,9 @@ def pack(stream: np.ndarray, seq_len: int, pad_id: int) -> Packed:
     return Packed(torch.from_numpy(tokens).view(rows, seq_len), torch.from_numpy(valid).view(rows, seq_len))
 
 
-def check_budget(unique_tokens: int, epochs: int, available: int | None = None) -> None:
-    """Raise ``BudgetError`` for a non-positive budget or epoch count, or one above ``available``."""
+def check_budget(unique_tokens: int, epochs: int, available: int | None = None, seq_len: int | None = None) -> None:
+    """Raise ``BudgetError`` for a non-positive budget or epoch count, one above ``available``, or one
+    smaller than a single training sequence of ``seq_len`` tokens (mostly padding: not a budget)."""
     if unique_tokens <= 0:
         raise BudgetError(f"--unique-tokens must be positive, got {unique_tokens}")
     if epochs <= 0:
@@ -103,9 +104,12 @@ def check_budget(unique_tokens: int, epochs: int, available: int | None = None) 
     if available is not None and unique_tokens > available:
         raise BudgetError(
             f"--unique-tokens {unique_tokens:,} exceeds the training split ({available:,} tokens)")
+    if seq_len is not None and unique_tokens < seq_len:
+        raise BudgetError(f"--unique-tokens {unique_tokens:,} is smaller than one training sequence "
+                          f"(seq_len {seq_len}); use at least {seq_len} tokens or a shorter seq_len")
 
 
-def budget(streams: TokenStreams, unique_tokens: int, seq_len: int, pad_id: int) -> Packed:
+def take_budget(streams: TokenStreams, unique_tokens: int, seq_len: int, pad_id: int) -> Packed:
     """The first ``unique_tokens`` tokens of the training stream, packed: exactly U valid tokens."""
     check_budget(unique_tokens, 1, len(streams.train))
     return pack(streams.train[:unique_tokens], seq_len, pad_id)

@@ -78,11 +78,16 @@ def _split(spec: str, docs: list[Document], skipped: list[str]) -> Corpus:
 
 
 def _read_utf8(paths: list[Path], base: Path) -> tuple[list[Document], list[str]]:
+    """UTF-8 text files as documents; files that are not UTF-8, or hold NUL bytes (binary files that
+    happen to decode), are skipped by name."""
     docs, skipped = [], []
     for p in paths:
         name = p.relative_to(base).as_posix()
+        data = p.read_bytes()
         try:
-            docs.append(Document(name, p.read_bytes().decode("utf-8")))
+            if b"\x00" in data:
+                raise UnicodeDecodeError("utf-8", data, data.index(b"\x00"), data.index(b"\x00") + 1, "NUL byte")
+            docs.append(Document(name, data.decode("utf-8")))
         except UnicodeDecodeError:
             skipped.append(name)
     return docs, skipped
@@ -91,7 +96,7 @@ def _read_utf8(paths: list[Path], base: Path) -> tuple[list[Document], list[str]
 def _warn_skipped(spec: str, skipped: list[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        print(f"warning: corpus {spec!r}: skipped {len(skipped)} file(s) that are not UTF-8: {shown}",
+        print(f"warning: corpus {spec!r}: skipped {len(skipped)} file(s) that are not UTF-8 text: {shown}",
               file=sys.stderr)
 
 

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as bpe_models
 from transformers import PreTrainedTokenizerFast
 
 from data.corpus import Corpus
@@ -38,7 +39,7 @@ def tokenizer_hash(tokenizer: PreTrainedTokenizerFast) -> str:
 
 
 def _train(corpus: Corpus, vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(bpe_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -48,16 +49,26 @@ def _train(corpus: Corpus, vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator((d.text for d in corpus.train), trainer=trainer, length=len(corpus.train))
+    return _wrap(tok)
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, mask_token=MASK, eos_token=EOD, sep_token=EOD,
         clean_up_tokenization_spaces=False,
     )
 
 
+def from_json(text: str) -> PreTrainedTokenizerFast:
+    """The tokenizer serialised by ``tokenizer.backend_tokenizer.to_str()`` (as checkpoints store it)."""
+    return _wrap(Tokenizer.from_str(text))
+
+
 def get_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
     """Load the tokenizer for (corpus fingerprint, vocab size) from the cache, training it if absent."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} for byte-level BPE, got {vocab_size}")
+        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} for byte-level BPE, "
+                         f"got {vocab_size}")
     key = f"{corpus.fingerprint[:16]}-v{vocab_size}-r{TOKENIZER_VERSION}"
     path = (cache_dir or cache_root()) / "tokenizers" / key
     if not path.exists():

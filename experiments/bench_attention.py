@@ -15,16 +15,15 @@ the block input x), medians over ``--repeats`` after ``--warmup`` runs; and the 
 forward and of one forward+backward, *above what was allocated before the call*:
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the running sum of the PyTorch CPU allocator's
 allocation/free events recorded by ``torch.profiler`` (profile_memory=True) -- tensors only, no
-interpreter or library overhead. Results print as a table and, with ``--json PATH``, are saved as
-JSON with the settings.
+interpreter or library overhead. The CLI prints the rows as a table and, with ``--json PATH``, they are
+saved as JSON with the settings.
 
 Only torch, tqdm and ``models`` are imported (no Lightning, no datasets), so this runs on a bare
-GPU machine as ``python -m experiments.bench_attention``.
+GPU machine as ``python -m experiments.cli bench attention``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
@@ -33,12 +32,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from analysis.table import atomic_write_text
+from experiments.devices import synchronize
 from models.attention import block_sparse_attention, build_attention
 from models.attention.block_sparse import BACKEND_ENV, topk_block_lists, window_block_lists
 from models.config import ModelConfig
@@ -51,51 +53,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _DEFAULTS = ModelConfig()
 
 
-def _csv(kind: type) -> Callable[[str], list]:
-    return lambda text: [kind(part) for part in text.split(",") if part]
+@dataclass
+class AttentionBench:
+    """Settings of one attention benchmark (the CLI's ``crossover bench attention`` flags)."""
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``crossover bench attention``."""
-    parser.add_argument("--lengths", type=_csv(int), default=None,
-                        help="comma-separated sequence lengths (default: 512..8192 on CPU, 1024..65536 on GPU)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="input dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case (compilation, caches)")
-    parser.add_argument("--methods", type=_csv(str), default=list(METHODS), help=f"subset of {','.join(METHODS)}")
-    parser.add_argument("--modes", type=_csv(str), default=["causal", "bidir"], help="causal and/or bidir")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=8, help="query heads")
-    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA)")
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--block", type=int, default=_DEFAULTS.attn_block, help="block size of the sparse kinds")
-    parser.add_argument("--topk", type=int, default=_DEFAULTS.attn_topk, help="selected blocks (nsa, topk, op)")
-    parser.add_argument("--window", type=int, default=_DEFAULTS.attn_window, help="sliding window (window, nsa, flex)")
-    parser.add_argument("--stride", type=int, default=None, help="NSA compression stride (default: block // 2)")
-    parser.add_argument("--backend", choices=["auto", "torch", "triton"], default=None,
-                        help=f"block-sparse backend (default: ${BACKEND_ENV} or auto)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lengths: list[int] | None = None  # None: CPU_LENGTHS on CPU, GPU_LENGTHS on CUDA
+    device: str | None = None  # None: cuda if available
+    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
+    repeats: int = 3
+    warmup: int = 1
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    modes: list[str] = field(default_factory=lambda: ["causal", "bidir"])
+    batch: int = 1
+    heads: int = 8
+    kv_heads: int = 2
+    head_dim: int = 64
+    block: int = _DEFAULTS.attn_block
+    topk: int = _DEFAULTS.attn_topk
+    window: int = _DEFAULTS.attn_window
+    stride: int | None = None
+    backend: str | None = None
 
 
 class Skip(Exception):
     """A method that cannot run in this setting; the message is the note."""
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -118,11 +108,11 @@ def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
 def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
     if device.type != "cuda":
         return _cpu_peak_bytes(fn) / 2**20
-    _sync(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     fn()
-    _sync(device)
+    synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
@@ -146,7 +136,7 @@ def _flex(T: int, causal: bool, window: int, device: torch.device) -> Callable:
     return lambda q, k, v, x: compiled(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _random_lists(B: int, Hkv: int, T: int, args: argparse.Namespace, causal: bool, device: torch.device):
+def _random_lists(B: int, Hkv: int, T: int, args: AttentionBench, causal: bool, device: torch.device):
     """Fixed random lists: the current block plus ``topk - 1`` others (earlier ones only if causal)."""
     n = -(-T // args.block)
     g = torch.Generator(device=device).manual_seed(0)
@@ -156,7 +146,7 @@ def _random_lists(B: int, Hkv: int, T: int, args: argparse.Namespace, causal: bo
     return topk_block_lists(scores, args.topk, allowed=allowed, forced=blocks[:, None] == blocks[None, :])
 
 
-def build_method(method: str, T: int, causal: bool, args: argparse.Namespace, device: torch.device,
+def build_method(method: str, T: int, causal: bool, args: AttentionBench, device: torch.device,
                  dtype: torch.dtype) -> Callable:
     """A callable ``(q, k, v, x) -> (B, Hq, T, D)`` for one benchmark case."""
     if method == "dense":
@@ -178,7 +168,7 @@ def build_method(method: str, T: int, causal: bool, args: argparse.Namespace, de
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def bench_case(method: str, T: int, causal: bool, args: argparse.Namespace, device: torch.device,
+def bench_case(method: str, T: int, causal: bool, args: AttentionBench, device: torch.device,
                dtype: torch.dtype) -> dict:
     row = dict(method=method, mode="causal" if causal else "bidir", seq_len=T, fwd_ms=None, fwd_bwd_ms=None,
                fwd_peak_mb=None, fwd_bwd_peak_mb=None, note="")
@@ -220,21 +210,7 @@ def bench_case(method: str, T: int, causal: bool, args: argparse.Namespace, devi
     return row
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ("method", "mode", "T", "fwd ms", "fwd+bwd ms", "fwd MB", "fwd+bwd MB", "note")
-    cells = [header]
-    for r in rows:
-        num = [("-" if r[key] is None else f"{r[key]:.2f}")
-               for key in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb")]
-        cells.append((r["method"], r["mode"], str(r["seq_len"]), *num, r["note"]))
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if 2 <= i <= 6 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+def _settings(args: AttentionBench, device: torch.device, dtype: torch.dtype) -> dict:
     try:
         triton_version = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
@@ -252,16 +228,18 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; returns 0, or 1 if interrupted or a case failed with an error (skips and OOM are not)."""
+def run(args: AttentionBench, json_path: Path | None = None, progress: bool = True
+        ) -> tuple[dict, list[dict], int, bool]:
+    """Run the benchmark: (settings, rows, number of cases, interrupted). Rows are also written to
+    ``json_path`` after every case, so an interrupted run keeps what it measured."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     lengths = args.lengths or list(GPU_LENGTHS if device.type == "cuda" else CPU_LENGTHS)
     unknown = (set(args.methods) - set(METHODS)) | (set(args.modes) - {"causal", "bidir"})
     if unknown:
-        raise SystemExit(f"unknown methods or modes: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown methods or modes: {', '.join(sorted(unknown))}")
     if args.heads % args.kv_heads:
-        raise SystemExit(f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
+        raise ValueError(f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
     if "flex" in args.methods and device.type == "cuda":  # FlexAttention compiles one graph per length and mode
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
@@ -273,11 +251,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ[BACKEND_ENV] = args.backend  # the kinds call the op without a backend argument
     rows, interrupted = [], False
     try:
-        for method, T, causal in tqdm(cases, desc="bench attention", disable=args.no_progress, file=sys.stderr):
+        for method, T, causal in tqdm(cases, desc="bench attention", disable=not progress, file=sys.stderr):
             rows.append(bench_case(method, T, causal, args, device, dtype))
-            if args.json:  # after every case, so that an interrupted run keeps what it measured
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(dict(settings=settings, results=rows), indent=2) + "\n")
+            if json_path:
+                atomic_write_text(json_path, json.dumps(dict(settings=settings, results=rows), indent=2) + "\n")
     except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: report the cases measured so far
         interrupted = True
     finally:
@@ -285,22 +262,4 @@ def run(args: argparse.Namespace) -> int:
             os.environ.pop(BACKEND_ENV, None)
         else:
             os.environ[BACKEND_ENV] = saved_env
-
-    print(f"# attention benchmark: {', '.join(f'{k}={v}' for k, v in settings.items() if k != 'memory')}")
-    print(f"# peak memory: {settings['memory']}")
-    print(format_table(rows))
-    if interrupted:
-        print(f"# interrupted after {len(rows)} of {len(cases)} cases")
-    if args.json:
-        print(f"# wrote {args.json}")
-    return int(interrupted or any(r["note"].startswith("error") for r in rows))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_attention", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return settings, rows, len(cases), interrupted

@@ -10,38 +10,38 @@ Needs no corpus and no ``datasets``: the GPU script runs it on a bare machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from data.budget import pack
-from models import ModelConfig, Transformer
-from models.objectives import OBJECTIVES
+from experiments.config import OptimArgs
+from experiments.devices import resolve_precision, synchronize
+from models import ModelConfig, count_params
+from models.objectives import OBJECTIVES, build_objective
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", default=["tiny", "small"], help="model presets to measure")
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="diffusion")
-    p.add_argument("--attention", default="dense", help="attention kind")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the preset's)")
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each (median reported)")
-    p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (both loops)")
-    p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s per device for MFU (0: known GPUs)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+@dataclass
+class TrainBench:
+    """Settings of ``crossover bench train`` (its flags)."""
+
+    models: list[str] = field(default_factory=lambda: ["tiny", "small"])
+    objective: str = "diffusion"
+    attention: str = "dense"
+    batch_size: int = 8
+    seq_len: int | None = None  # None: the preset's
+    vocab_size: int = 4096
+    steps: int = 40  # timed steps per run
+    warmup: int = 5  # untimed steps before timing
+    repeats: int = 3  # interleaved runs of each (median reported)
+    precision: str = "auto"
+    compile: bool = False
+    peak_flops: float = 0.0
+    threads: int = 0
 
 
 def _setup(args, preset: str, device: torch.device):
@@ -54,14 +54,13 @@ def _setup(args, preset: str, device: torch.device):
     n_rows = args.batch_size * (args.warmup + args.steps + 1)
     g = torch.Generator().manual_seed(0)
     train = pack(torch.randint(3, args.vocab_size, (n_rows * mcfg.seq_len,), generator=g).numpy(), mcfg.seq_len, 0)
-    optim = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1, "decay_fraction": 0.2,
-             "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+    optim = OptimArgs(lr=1e-3, schedule="cosine", warmup_steps=10)
     total = args.warmup + args.steps
 
     def lit() -> LitLM:
         torch.manual_seed(0)
-        return LitLM(mcfg.to_dict(), args.objective, {"bos_id": 2, "mask_id": 1}, optim, total, seed=0,
-                     compile=args.compile, log_every_n_steps=10, peak_flops=args.peak_flops)
+        return LitLM(mcfg, build_objective(args.objective), optim, total, seed=0, compile=args.compile,
+                     log_every_n_steps=10, peak_flops=args.peak_flops)
 
     data = BudgetDataModule(train, args.batch_size, 1, seed=0)
     return mcfg, lit, data, total
@@ -76,20 +75,15 @@ class _StepTimer:
         class Timer(L.Callback):
             def on_train_batch_start(cb, trainer, *a):
                 if trainer.global_step == warmup:
-                    _sync(device)
+                    synchronize(device)
                     self.t0 = time.perf_counter()
 
             def on_train_end(cb, trainer, *a):
-                _sync(device)
+                synchronize(device)
                 self.t1 = time.perf_counter()
 
         self.callback = Timer()
         self.t0 = self.t1 = 0.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_ours(args, preset, device, precision) -> float:
@@ -127,13 +121,13 @@ def run_bare(args, preset, device, precision) -> float:
     gen = torch.Generator().manual_seed(0)
     model.train()
     t0 = 0.0
-    for step, (x, valid, *_rest) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if step == total:
             break
         if step == args.warmup:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
-        x, valid = x.to(device), valid.to(device)
+        x, valid = batch.tokens.to(device), batch.valid.to(device)
         with autocast:
             loss = objective.loss_sum(forward_model, x, valid, gen) / valid.sum()
         loss.backward()
@@ -141,25 +135,26 @@ def run_bare(args, preset, device, precision) -> float:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    _sync(device)
+    synchronize(device)
     return args.steps * args.batch_size * mcfg.seq_len / (time.perf_counter() - t0)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: TrainBench) -> dict:
+    """Interleaved repeats of ours and the bare loop per model; the report (medians, ratio, MFU)."""
     from experiments.module import default_peak_flops
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = args.precision if args.precision != "auto" else ("bf16-mixed" if device.type == "cuda" else "32-true")
+    precision = resolve_precision(args.precision)
     results = []
     for preset in args.models:
         ours, bare = [], []
         for _ in range(args.repeats):
             ours.append(run_ours(args, preset, device, precision))
             bare.append(run_bare(args, preset, device, precision))
-        mcfg = ModelConfig.from_name(preset, vocab_size=args.vocab_size,
+        mcfg = ModelConfig.from_name(preset, vocab_size=args.vocab_size, attention=args.attention,
                                      **({"seq_len": args.seq_len} if args.seq_len else {}))
-        n = Transformer(mcfg).num_params(non_embedding=True)
+        n = count_params(mcfg, non_embedding=True)
         o, b = statistics.median(ours), statistics.median(bare)
         peak = args.peak_flops or default_peak_flops(device)
         results.append({
@@ -170,26 +165,7 @@ def run(args: argparse.Namespace) -> int:
             "model_flops_per_s": 6 * n * o, "mfu": 6 * n * o / peak if peak else None,
         })
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    report = {"device": device_name, "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats,
-              "ratio": min(r["ratio"] for r in results),  # the worst model's ours / bare
-              "ours_tokens_per_s": {r["model"]: r["ours_tokens_per_s"] for r in results},
-              "bare_tokens_per_s": {r["model"]: r["bare_tokens_per_s"] for r in results}, "results": results}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"device {report['device']}, {args.objective}, {args.steps} steps x {args.repeats} interleaved repeats")
-        print(f"{'model':<8} {'N':>10} {'ours tok/s':>12} {'bare tok/s':>12} {'ratio':>7} {'MFU':>7}")
-        for r in results:
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-            print(f"{r['model']:<8} {r['non_embedding_params']:>10,} {r['ours_tokens_per_s']:>12,.0f} "
-                  f"{r['bare_tokens_per_s']:>12,.0f} {r['ratio']:>7.3f} {mfu:>7}")
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_train")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    return {"device": device_name, "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats,
+            "ratio": min(r["ratio"] for r in results),  # the worst model's ours / bare
+            "ours_tokens_per_s": {r["model"]: r["ours_tokens_per_s"] for r in results},
+            "bare_tokens_per_s": {r["model"]: r["bare_tokens_per_s"] for r in results}, "results": results}

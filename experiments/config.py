@@ -1,51 +1,85 @@
-"""The run configuration: one typed dataclass, loadable from YAML, overridable from the CLI.
+"""The run configuration: typed groups, loadable from YAML, overridable from the CLI.
 
-Every field has a ``help`` string (it becomes ``crossover train --help``). ``model_args``
-overrides fields of the model preset (``models.config.ModelConfig``), e.g. ``{n_layer: 6}``.
-The resolved config (defaults + YAML + CLI) is saved in every run folder as ``config.yaml``.
+``RunConfig`` holds what is trained (objective, budget, epochs, model, attention, seed) and one
+group per concern, each a dataclass whose field ``help`` strings become ``crossover train --help``::
+
+    objective: diffusion             # registry name (models.objectives.OBJECTIVES)
+    diffusion: {eps: 0.001, ...}     # the objective's own settings (its Config), under its name
+    unique_tokens: 100000
+    epochs: 4
+    model: tiny                      # preset (models.config.PRESETS)
+    attention: dense                 # + attn_block, attn_topk, attn_window, attn_stride
+    model_args: {n_layer: 6}         # other overrides of the preset's fields
+    data:  {corpus, vocab_size, order_seed, val_tokens}
+    optim: {batch_size, batch_tokens, lr, schedule, ...}
+    eval:  {eval_epochs, eval_batch_size}
+    run:   {precision, devices, threads, ...}   # execution only: not part of the run's identity
+
+Input may also give a group's keys flat (``lr: 2e-3`` for ``optim: {lr: 2e-3}``; every key name
+is unique), and settings of objectives other than the chosen one (``ar: {}``, ``diffusion: {...}``),
+which are ignored, so that one file serves a sweep over objectives. The resolved config (saved in
+every run folder as ``config.yaml``) is the nested form. Types are checked from the annotations
+(``Literal`` choices included); ranges are checked by the group that declares the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from models.config import ModelConfig
+from models.objectives import OBJECTIVES, ObjectiveConfig, objective_class
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run, with a one-line reason."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(obj, name)}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(obj, name)}")
+
+
+# --------------------------------------------------------------------------- groups
 @dataclass
-class RunConfig:
-    # what is trained
-    objective: str = _f("ar", "training objective: ar (next-token) or diffusion (masked diffusion)")
-    unique_tokens: int = _f(100_000, "unique-token budget U: the first U tokens of the seeded training order")
-    epochs: int = _f(4, "passes over the budget; tokens_seen = unique_tokens * epochs")
-    model: str = _f("tiny", "model preset (models.config.PRESETS)")
-    attention: str = _f("dense", "attention kind (dense, window, nsa, topk)")
-    model_args: dict = _f({}, "overrides of the model preset's fields, e.g. {n_layer: 6, dropout: 0.1}")
-    seed: int = _f(0, "seed of initialisation, data order within epochs and diffusion noise")
-    # data
+class DataArgs:
     corpus: str = _f("stdlib", "corpus: stdlib (embedded default), files:GLOB or hf:NAME[:CONFIG]")
     vocab_size: int = _f(4096, "BPE vocabulary size, special tokens included")
     order_seed: int = _f(0, "seed of the fixed training-document order (keep fixed: budgets nest only under one order)")
     val_tokens: int = _f(16_384, "validation tokens scored at every evaluation (the first of the validation split)")
-    # optimisation
+
+    def check(self) -> None:
+        _positive(self, "val_tokens")
+        if self.vocab_size < 259:
+            raise ConfigError(f"vocab_size must be at least 259 (256 bytes + 3 special tokens), got {self.vocab_size}")
+
+
+@dataclass
+class OptimArgs:
     batch_size: int = _f(32, "sequences per optimiser step (global, across devices)")
+    batch_tokens: int = _f(0, "global batch in tokens (0: batch_size sequences); "
+                              "sets batch_size = batch_tokens / seq_len")
     lr: float = _f(1e-3, "peak learning rate")
-    schedule: str = _f("cosine", "learning-rate schedule after warmup: cosine, constant or wsd (warmup-stable-decay)")
+    schedule: Literal["cosine", "constant", "wsd"] = _f("cosine", "learning-rate schedule after warmup: cosine, "
+                                                                  "constant or wsd (warmup-stable-decay)")
     warmup_steps: int = _f(100, "linear warmup steps (at most a tenth of the run)")
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine, wsd)")
     decay_fraction: float = _f(0.2, "wsd: fraction of the steps spent in the final linear decay")
@@ -53,82 +87,133 @@ class RunConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "gradient-norm clipping (0 disables)")
-    # evaluation
-    eval_epochs: list = _f([], "epochs after which to evaluate (empty: powers of two and the last epoch)")
-    mc_samples: int = _f(4, "diffusion: Monte Carlo draws per validation sequence for the ELBO")
-    diffusion_eps: float = _f(1e-3, "diffusion: smallest masking probability t")
-    elbo_estimator: str = _f("count", "diffusion validation ELBO estimator: count (exactly l masked, weight L/l; "
-                                      "lower variance) or time (t-stratified, weight 1/t)")
-    train_estimator: str = _f("time", "diffusion training loss: time (t ~ U(eps, 1) stratified, i.i.d. masks, "
-                                      "weight 1/t) or count (exactly l masked, weight L/l)")
-    eval_batch_size: int = _f(32, "validation sequences per forward batch (diffusion: times mc_samples rows)")
-    # execution
-    batch_tokens: int = _f(0, "global batch in tokens (0: batch_size sequences); sets batch_size = batch_tokens / seq_len")
-    micro_batch_size: int = _f(0, "sequences per device per forward pass (0: the whole per-device batch); "
-                                  "gradient accumulation = per-device batch / micro_batch_size", resolved=False)
-    precision: str = _f("auto", "Lightning precision: auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed",
-                        resolved=False)
-    accelerator: str = _f("auto", "Lightning accelerator: auto, cpu, gpu", resolved=False)
-    devices: int = _f(1, "devices per node (ranks); more than one trains data-parallel", resolved=False)
-    num_nodes: int = _f(1, "nodes (multi-node through Lightning's SLURM support)", resolved=False)
-    strategy: str = _f("auto", "auto (DDP for several devices), ddp, fsdp (large models)", resolved=False)
-    compile: bool = _f(False, "torch.compile the backbone", resolved=False)
-    peak_flops: float = _f(0.0, "peak FLOP/s per device for MFU (0: known GPUs' bf16 dense peak, none on CPU)",
-                           resolved=False)
-    threads: int = _f(0, "torch CPU threads (0: all cores)", resolved=False)
-    log_every_n_steps: int = _f(10, "training-metric logging interval in optimiser steps", resolved=False)
-    progress: bool = _f(True, "show a progress bar", resolved=False)
 
-    # ------------------------------------------------------------------ helpers
+    def check(self) -> None:
+        _positive(self, "batch_size", "lr")
+        _non_negative(self, "batch_tokens", "warmup_steps", "weight_decay", "grad_clip")
+        for name in ("decay_fraction", "min_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class EvalArgs:
+    eval_epochs: list[int] = _f([], "epochs after which to evaluate (empty: powers of two and the last epoch)")
+    eval_batch_size: int = _f(32, "validation sequences per forward batch (diffusion: times mc_samples rows)")
+
+    def check(self) -> None:
+        _positive(self, "eval_batch_size")
+        if not all(e > 0 for e in self.eval_epochs):
+            raise ConfigError(f"eval_epochs must be a list of positive integers, got {self.eval_epochs!r}")
+
+    def epochs_for(self, run_epochs: int) -> list[int]:
+        """The epochs evaluated in a run of ``run_epochs`` epochs (always including the last)."""
+        if self.eval_epochs:
+            return sorted({e for e in self.eval_epochs if e <= run_epochs} | {run_epochs})
+        return sorted({2**i for i in range(run_epochs.bit_length()) if 2**i <= run_epochs} | {run_epochs})
+
+
+@dataclass
+class ExecArgs:
+    """How a run executes: none of it changes the run's results (left out of its identity)."""
+
+    micro_batch_size: int = _f(0, "sequences per device per forward pass (0: the whole per-device batch); "
+                                  "gradient accumulation = per-device batch / micro_batch_size")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = _f(
+        "auto", "Lightning precision: auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = _f("auto", "Lightning accelerator: auto, cpu, gpu")
+    devices: int = _f(1, "devices per node (ranks); more than one trains data-parallel")
+    num_nodes: int = _f(1, "nodes (multi-node through Lightning's SLURM support)")
+    strategy: Literal["auto", "ddp", "fsdp", "ddp_spawn"] = _f("auto", "auto (DDP for several devices), ddp, "
+                                                                        "fsdp (large models)")
+    compile: bool = _f(False, "torch.compile the backbone")
+    peak_flops: float = _f(0.0, "peak FLOP/s per device for MFU (0: known GPUs' bf16 dense peak, none on CPU)")
+    threads: int = _f(0, "torch CPU threads (0: all cores)")
+    log_every_n_steps: int = _f(10, "training-metric logging interval in optimiser steps")
+    progress: bool = _f(True, "show a progress bar")
+
+    def check(self) -> None:
+        _positive(self, "devices", "num_nodes", "log_every_n_steps")
+        _non_negative(self, "micro_batch_size", "threads", "peak_flops")
+
     @property
     def world_size(self) -> int:
         return self.devices * self.num_nodes
 
-    def batch_layout(self, seq_len: int) -> tuple[int, int, int]:
-        """(global batch, per-device batch, accumulation steps) in sequences; refuses uneven splits."""
-        if self.batch_tokens:
-            if self.batch_tokens % seq_len:
-                raise ConfigError(f"batch_tokens {self.batch_tokens} is not a multiple of seq_len {seq_len}")
-            global_batch = self.batch_tokens // seq_len
-        else:
-            global_batch = self.batch_size
-        if global_batch % self.world_size:
-            raise ConfigError(f"global batch of {global_batch} sequences does not split over {self.world_size} ranks")
-        per_device = global_batch // self.world_size
-        micro = self.micro_batch_size or per_device
-        if per_device % micro:
-            raise ConfigError(f"per-device batch {per_device} is not a multiple of micro_batch_size {micro}")
-        return global_batch, per_device, per_device // micro
 
+GROUPS: dict[str, type] = {"data": DataArgs, "optim": OptimArgs, "eval": EvalArgs, "run": ExecArgs}
+
+#: fields of ModelConfig with a first-class flag; ``model_args`` may not set them
+FIRST_CLASS_MODEL_FIELDS = ("attention", "attn_block", "attn_topk", "attn_window", "attn_stride", "causal",
+                            "vocab_size")
+
+
+@dataclass
+class RunConfig:
+    objective: str = _f("ar", "training objective: " + ", ".join(OBJECTIVES))
+    unique_tokens: int = _f(100_000, "unique-token budget U: the first U tokens of the seeded training order")
+    epochs: int = _f(4, "passes over the budget; tokens_seen = unique_tokens * epochs")
+    model: str = _f("tiny", "model preset (models.config.PRESETS)")
+    attention: str = _f("dense", "attention kind (dense, window, nsa, topk)")
+    attn_block: int | None = _f(None, "block size in tokens of the block-sparse kinds (None: the preset's, 64)")
+    attn_topk: int | None = _f(None, "key blocks selected per query block, nsa and topk (None: the preset's, 4)")
+    attn_window: int | None = _f(None, "sliding window in tokens, window and nsa (None: the preset's, 128)")
+    attn_stride: int | None = _f(None, "NSA compression stride in tokens (None: attn_block // 2)")
+    model_args: dict = _f({}, "other overrides of the model preset's fields, e.g. {n_layer: 6, dropout: 0.1}")
+    seed: int = _f(0, "seed of initialisation, data order within epochs and diffusion noise")
+    objective_config: ObjectiveConfig | None = field(default=None, metadata={"help": "the objective's settings"})
+    data: DataArgs = field(default_factory=DataArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    run: ExecArgs = field(default_factory=ExecArgs)
+
+    def __post_init__(self) -> None:
+        if self.objective_config is None and self.objective in OBJECTIVES:
+            self.objective_config = OBJECTIVES[self.objective].Config()
+
+    # ------------------------------------------------------------------ derived
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """The backbone config: preset + model_args + attention + causal flag from the objective."""
-        from models.objectives import OBJECTIVES
-
-        causal = OBJECTIVES[self.objective].causal
-        args = {**self.model_args, "attention": self.attention, "causal": causal,
-                "vocab_size": vocab_size or self.vocab_size}
+        """The backbone config: preset + model_args + attention settings + causal flag from the objective."""
+        attn = {k: getattr(self, k) for k in FIRST_CLASS_MODEL_FIELDS[1:5] if getattr(self, k) is not None}
+        args = {**self.model_args, **attn, "attention": self.attention,
+                "causal": objective_class(self.objective).causal, "vocab_size": vocab_size or self.data.vocab_size}
         return ModelConfig.from_name(self.model, **args)
 
-    def resolved_eval_epochs(self) -> list[int]:
-        if self.eval_epochs:
-            return sorted({int(e) for e in self.eval_epochs if 0 < int(e) <= self.epochs} | {self.epochs})
-        powers = {2**i for i in range(self.epochs.bit_length()) if 2**i <= self.epochs}
-        return sorted(powers | {self.epochs})
-
+    # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "objective_config":
+                out[self.objective] = value.to_dict()
+            else:
+                out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
 
     def identity(self) -> dict[str, Any]:
-        """Fields that define the run's results (execution-only fields such as threads left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("resolved", True)}
+        """What defines the run's results (the execution group left out)."""
+        return {k: v for k, v in self.to_dict().items() if k != "run"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        cfg = cls(**d)
+        """Nested or flat keys (see the module docstring); refuses unknown keys and wrong types or ranges."""
+        top, groups, objective_blocks = _split_keys(d)
+        name = top.get("objective", "ar")
+        if not isinstance(name, str) or name not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+        settings = objective_blocks.get(name, {})
+        try:
+            built = {g: _build(GROUPS[g], values, g) for g, values in groups.items()}
+            for other, values in objective_blocks.items():  # settings of other objectives are checked too
+                _build(OBJECTIVES[other].Config, values, other)
+            obj_cfg = _build(OBJECTIVES[name].Config, settings, name)
+            _check_types(cls, top, "")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        cfg = cls(**top, **built, objective_config=obj_cfg)
         cfg.validate()
         return cfg
 
@@ -143,58 +228,124 @@ class RunConfig:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of config keys")
-        return cls.from_dict({**data, **overrides})
+        return cls.from_dict(merge(data, overrides))
 
     def validate(self) -> None:
         """Cheap checks of names and ranges (corpus-dependent checks happen when data is prepared)."""
         from models.attention import attention_kinds
         from models.config import PRESETS
-        from models.objectives import OBJECTIVES
 
-        for name, f in ((f.name, f) for f in dataclasses.fields(self)):
-            want = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}[f.type]
-            value = getattr(self, name)
-            if not isinstance(value, want) or (f.type in ("int", "float") and isinstance(value, bool)):
-                raise ConfigError(f"config key {name!r} must be {f.type}, got {value!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if self.model not in PRESETS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(PRESETS)}")
         if self.attention not in attention_kinds():
             raise ConfigError(f"unknown attention kind {self.attention!r}; choose from {', '.join(attention_kinds())}")
-        if self.schedule not in ("cosine", "constant", "wsd"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose from cosine, constant, wsd")
-        if self.unique_tokens <= 0:
-            raise ConfigError(f"unique_tokens must be positive, got {self.unique_tokens}")
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        for name in ("batch_size", "val_tokens", "mc_samples", "eval_batch_size", "log_every_n_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.vocab_size < 259:
-            raise ConfigError(f"vocab_size must be at least 259 (256 bytes + 3 special tokens), got {self.vocab_size}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must not be negative, got {self.threads}")
-        if not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in self.eval_epochs):
-            raise ConfigError(f"eval_epochs must be a list of positive integers, got {self.eval_epochs!r}")
-        if self.elbo_estimator not in ("count", "time") or self.train_estimator not in ("count", "time"):
-            raise ConfigError(f"unknown ELBO estimator {self.elbo_estimator!r} / {self.train_estimator!r}; "
-                              "use count or time")
-        if not 0 < self.diffusion_eps < 1:
-            raise ConfigError(f"diffusion_eps must lie in (0, 1), got {self.diffusion_eps}")
-        if not 0 <= self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("decay_fraction and min_lr_ratio must lie in [0, 1]")
-        if self.precision not in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"):
-            raise ConfigError(f"unknown precision {self.precision!r}; use auto, 32-true, bf16-mixed or 16-mixed")
-        if self.strategy not in ("auto", "ddp", "fsdp", "ddp_spawn"):
-            raise ConfigError(f"unknown strategy {self.strategy!r}; use auto, ddp or fsdp")
-        for name in ("devices", "num_nodes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("batch_tokens", "micro_batch_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        _positive(self, "unique_tokens", "epochs")
+        for group in (self.data, self.optim, self.eval, self.run):
+            group.check()
+        clash = sorted(set(self.model_args) & set(FIRST_CLASS_MODEL_FIELDS))
+        if clash:
+            raise ConfigError(f"model_args may not set {', '.join(clash)}: use --{clash[0].replace('_', '-')}"
+                              + (" (set by the objective)" if clash[0] == "causal" else "")
+                              + (" (set from the tokenizer; use --vocab-size)" if clash[0] == "vocab_size" else ""))
         try:
             self.model_config()
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"model_args: {e}") from None
+            raise ConfigError(f"model settings (model_args, attn_*): {e}") from None
+
+
+# --------------------------------------------------------------------------- helpers
+def flat_keys() -> dict[str, str]:
+    """Flat key -> where it lives: a group name, "" (top level) or "objective"."""
+    where = {f.name: "" for f in dataclasses.fields(RunConfig) if f.name not in ("objective_config", *GROUPS)}
+    for g, cls in GROUPS.items():
+        where.update({f.name: g for f in dataclasses.fields(cls)})
+    for obj in OBJECTIVES.values():
+        where.update({f.name: "objective" for f in dataclasses.fields(obj.Config)})
+    return where
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; nested mappings (groups, objective blocks) merge key by key."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_args" else v
+    return out
+
+
+def _split_keys(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], dict[str, dict]]:
+    """(top-level fields, group -> keys, objective name -> settings) of nested-or-flat input ``d``."""
+    where = flat_keys()
+    top: dict[str, Any] = {}
+    groups: dict[str, dict] = {g: {} for g in GROUPS}
+    blocks: dict[str, dict] = {}
+    name = d.get("objective", "ar")
+    for key, value in d.items():
+        if key in GROUPS or key in OBJECTIVES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} must be a mapping of its settings, got {value!r}")
+            target = groups[key] if key in GROUPS else blocks.setdefault(key, {})
+            for k in value:
+                if (key in GROUPS and where.get(k) != key) or (key in OBJECTIVES and k not in _fields(OBJECTIVES[key])):
+                    raise ConfigError(f"unknown config key {key}.{k}")
+            target.update(value)
+        elif where.get(key) == "objective":
+            if name in OBJECTIVES and key not in _fields(OBJECTIVES[name]):
+                raise ConfigError(f"config key {key!r} does not apply to objective {name!r}")
+            blocks.setdefault(name, {})[key] = value
+        elif key in where:
+            (top if where[key] == "" else groups[where[key]])[key] = value
+        else:
+            raise ConfigError(f"unknown config key(s): {key}")
+    return top, groups, blocks
+
+
+def _fields(obj_cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj_cls.Config)}
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    _check_types(cls, values, prefix + ".")
+    return cls(**values)
+
+
+def _check_types(cls: type, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _matches(value, hints[name]):
+            raise ConfigError(f"config key {prefix}{name} must be {_describe(hints[name])}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # nested dataclasses are built, not passed in
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def choices(hint: Any) -> tuple[Any, ...] | None:
+    """The Literal choices of a field's type, for the CLI."""
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None

@@ -10,6 +10,8 @@ epoch across all ranks.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import lightning as L
 import numpy as np
 import torch
@@ -20,9 +22,19 @@ from data.budget import Packed
 PLACEHOLDER = -1
 
 
+class Batch(NamedTuple):
+    """What the LightningModule receives (collated: a leading batch dimension B on every field)."""
+
+    tokens: torch.Tensor  # (B, T) int64
+    valid: torch.Tensor  # (B, T) bool: real tokens (padding and placeholder rows are False)
+    step_tokens: torch.Tensor  # (B,) valid tokens of the whole optimiser step (all ranks, micro-batches)
+    rows: torch.Tensor  # (B,) row index in the budget (PLACEHOLDER for a placeholder row)
+    positions: torch.Tensor  # (B,) position of the row in its global batch
+
+
 class RowDataset(Dataset):
     """Items are (row, valid tokens of its optimiser step, position in the global batch) from
-    ``EpochBatchSampler``; returns (tokens, valid, step tokens, row, position)."""
+    ``EpochBatchSampler``; returns one ``Batch`` row."""
 
     def __init__(self, packed: Packed):
         self.packed = packed
@@ -33,8 +45,8 @@ class RowDataset(Dataset):
     def __getitem__(self, item: tuple[int, int, int]):
         i, step_tokens, position = item
         if i == PLACEHOLDER:
-            return self.packed.tokens[0], torch.zeros_like(self.packed.valid[0]), step_tokens, i, position
-        return self.packed.tokens[i], self.packed.valid[i], step_tokens, i, position
+            return Batch(self.packed.tokens[0], torch.zeros_like(self.packed.valid[0]), step_tokens, i, position)
+        return Batch(self.packed.tokens[i], self.packed.valid[i], step_tokens, i, position)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -69,7 +81,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int, int]]]):
             step_tokens = int(self.valid_counts[rows].sum())
             positions = np.arange(len(rows))[self.rank :: self.world_size]
             share = rows[self.rank :: self.world_size]
-            for micro, pos in zip(np.array_split(share, self.accumulation), np.array_split(positions, self.accumulation)):
+            splits = zip(np.array_split(share, self.accumulation), np.array_split(positions, self.accumulation))
+            for micro, pos in splits:
                 yield [(int(i), step_tokens, int(p)) for i, p in zip(micro, pos)] or [(PLACEHOLDER, step_tokens, 0)]
 
 

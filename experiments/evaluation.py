@@ -19,8 +19,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from analysis.table import flops, upsert_row
 from data.budget import Packed
-from analysis.table import upsert_row
+from experiments.module import Diverged
 from models.objectives import EvalSums
 
 EVAL_SEED = 1234
@@ -69,9 +70,11 @@ class EvaluationCallback(L.Callback):
         eval_time = time.perf_counter() - t0
         pl_module.log_dict({"val/loss": metrics["val_loss"], "val/loss_se": metrics["val_loss_se"],
                             "val/bpb": metrics["val_bpb"]}, on_step=False, on_epoch=True, rank_zero_only=True)
+        if not math.isfinite(metrics["val_loss"]):
+            raise Diverged("validation loss", trainer.global_step, metrics["val_loss"])
         if trainer.is_global_zero:
             u, n = self.row_base["unique_tokens"], self.row_base["non_embedding_params"]
-            row = {**self.row_base, **metrics, "epochs": epoch, "tokens_seen": u * epoch, "flops": 6 * n * u * epoch,
+            row = {**self.row_base, **metrics, "epochs": epoch, "tokens_seen": u * epoch, "flops": flops(n, u, epoch),
                    "step": trainer.global_step, "train_time_s": round(pl_module.train_time_s, 3),
                    "eval_time_s": round(eval_time, 3)}
             upsert_row(self.results_path, row)

@@ -10,6 +10,7 @@ uninterrupted process does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,8 +26,10 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from analysis.table import atomic_write, atomic_write_text
+from experiments.config import OptimArgs
+from experiments.datamodule import Batch
 from models import ModelConfig, Transformer
-from models.objectives import build_objective
+from models.objectives import Objective
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int, min_ratio: float, decay_fraction: float):
@@ -62,14 +65,28 @@ def default_peak_flops(device: torch.device) -> float:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss, gradient norm or validation loss."""
+
+    def __init__(self, what: str, step: int, value: float):
+        super().__init__(f"run diverged: non-finite {what} ({value}) at step {step}")
+        self.what, self.step, self.value = what, step, value
+
+
 class LitLM(L.LightningModule):
-    def __init__(self, model_config: dict[str, Any], objective: str, objective_args: dict[str, Any],
-                 optim: dict[str, Any], total_steps: int, seed: int, compile: bool = False,
-                 log_every_n_steps: int = 10, peak_flops: float = 0.0):
+    """A backbone and an objective; ``optim`` the optimiser settings; ``total_steps`` for the schedule."""
+
+    def __init__(self, model: ModelConfig, objective: Objective, optim: OptimArgs, total_steps: int, seed: int,
+                 compile: bool = False, log_every_n_steps: int = 10, peak_flops: float = 0.0):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = Transformer(ModelConfig(**model_config))
-        self.objective = build_objective(objective, **objective_args)
+        # plain values only, so checkpoints load without this package's classes (experiments.checkpoint)
+        self.save_hyperparameters({"model_config": model.to_dict(), "objective": objective.name,
+                                   "objective_config": objective.config.to_dict(), "optim": dataclasses.asdict(optim),
+                                   "total_steps": total_steps, "seed": seed, "log_every_n_steps": log_every_n_steps,
+                                   "peak_flops": peak_flops})
+        self.optim = optim
+        self.model = Transformer(model)
+        self.objective = objective
         # the compiled wrapper is kept out of the module tree so checkpoints hold plain `model.*` keys
         object.__setattr__(self, "_forward_model", torch.compile(self.model) if compile else self.model)
         self.flops_per_token = 6 * self.model.num_params(non_embedding=True)  # contract 3
@@ -79,28 +96,41 @@ class LitLM(L.LightningModule):
         self.run_info: dict[str, Any] = {}  # run id, config and tokenizer, saved into checkpoints
         self._t0 = 0.0
         self._window = [0, 0.0]  # valid tokens (global, by the sampler) and seconds since the last log
+        # first non-finite training value, kept on the device (no host sync per step): [step, value, kind]
+        self._bad = torch.full((3,), -1.0, dtype=torch.float64)
 
     def _seeded(self, *key: int) -> torch.Generator:
         state = np.random.SeedSequence([self.hparams.seed, self.current_epoch, *key]).generate_state(1, np.uint64)
         return torch.Generator().manual_seed(int(state[0] >> 1))
 
-    def _noise(self, rows: torch.Tensor, positions: torch.Tensor, x: torch.Tensor):
+    def _noise(self, batch: Batch):
         """Training noise as a function of (seed, epoch, row) and (seed, step) only: the same draws
         for one process, several ranks or gradient accumulation, and after a resume."""
-        draw = getattr(self.objective, "training_noise", None)
-        if draw is None:
-            return None
-        global_batch = self.trainer.datamodule.global_batch
-        gens = [self._seeded(0, max(int(r), 0)) for r in rows.tolist()]  # placeholder rows (-1) are all invalid
-        return draw(gens, positions.cpu().float(), global_batch, self._seeded(1, self.global_step), x.shape[1])
+        gens = [self._seeded(0, max(int(r), 0)) for r in batch.rows.tolist()]  # placeholder rows (-1): all invalid
+        return self.objective.training_noise(gens, batch.positions.cpu().float(), self.trainer.datamodule.global_batch,
+                                             self._seeded(1, self.global_step), batch.tokens.shape[1])
 
-    def training_step(self, batch, batch_idx):
-        x, valid, step_tokens, rows, positions = batch  # (B, T), (B, T) bool, then (B,) each
-        total = self.objective.loss_sum(self._forward_model, x, valid, noise=self._noise(rows, positions, x))
+    def _watch(self, kind: int, value: torch.Tensor) -> None:
+        """Remember the first non-finite ``value`` (kind 0: loss, 1: gradient norm) without a host sync."""
+        bad = ~torch.isfinite(value.detach()) & (self._bad[0] < 0).to(value.device)
+        new = torch.stack([torch.tensor(float(self.global_step), device=value.device),
+                           value.detach().double(), torch.tensor(float(kind), device=value.device)]).double()
+        self._bad = torch.where(bad, new, self._bad.to(value.device))
+
+    def check_finite(self) -> None:
+        """Raise ``Diverged`` if a non-finite loss or gradient norm was seen (one host sync)."""
+        step, value, kind = self._bad.tolist()
+        if step >= 0:
+            raise Diverged(("training loss", "gradient norm")[int(kind)], int(step), value)
+
+    def training_step(self, batch: Batch, batch_idx):
+        x, valid = batch.tokens, batch.valid  # (B, T) each
+        total = self.objective.loss_sum(self._forward_model, x, valid, noise=self._noise(batch))
+        self._watch(0, total)
         # Normalise by the valid tokens of the whole optimiser step (all ranks, all micro-batches).
         # DDP averages gradients over ranks and Lightning divides by the accumulation steps: undo both.
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
-        n_step = step_tokens[0].clamp_min(1)
+        n_step = batch.step_tokens[0].clamp_min(1)
         n_local = valid.sum()
         self.tokens_local += n_local.cpu()
         self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
@@ -125,10 +155,13 @@ class LitLM(L.LightningModule):
         self.train_time_s += dt
         self._window[1] += dt
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
-            self._window[0] += int(batch[2][0])
+            self._window[0] += int(batch.step_tokens[0])
+            if self.trainer.global_step % self.hparams.log_every_n_steps == 0:
+                self.check_finite()
             if self.trainer.global_step % self.hparams.log_every_n_steps == 0 and self._window[1] > 0:
                 tokens_per_s = self._window[0] / self._window[1]
-                metrics = {"perf/tokens_per_s": tokens_per_s, "perf/model_flops_per_s": tokens_per_s * self.flops_per_token}
+                metrics = {"perf/tokens_per_s": tokens_per_s,
+                           "perf/model_flops_per_s": tokens_per_s * self.flops_per_token}
                 peak = self.hparams.peak_flops or default_peak_flops(self.device)
                 if peak:
                     metrics["perf/mfu"] = tokens_per_s * self.flops_per_token / (peak * self.trainer.world_size)
@@ -150,24 +183,65 @@ class LitLM(L.LightningModule):
         self.train_time_s = checkpoint.get("train_time_s", 0.0)
         self.tokens_before = checkpoint.get("tokens_trained", 0)
 
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # before clipping
+            self._watch(1, norm)
+
     def configure_optimizers(self):
-        o = self.hparams.optim
+        o = self.optim
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step where available
-        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), **fused)
-        f = lr_lambda(o["schedule"], self.hparams.total_steps, o["warmup_steps"], o["min_lr_ratio"],
-                      o["decay_fraction"])
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        f = lr_lambda(o.schedule, self.hparams.total_steps, o.warmup_steps, o.min_lr_ratio, o.decay_fraction)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class _WriteGuard:
+    """A file wrapper that remembers the first OSError of a write: torch.save turns a full disk into a
+    RuntimeError ("unexpected pos ..."); the guard lets the real cause (ENOSPC) surface."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed: a kill mid-write never corrupts ``last.ckpt``."""
+    """Checkpoints written to a temporary file and renamed: a kill mid-write never corrupts ``last.ckpt``,
+    and a full disk leaves the previous one in place (raising the OSError, not torch's RuntimeError)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        def write(f):
+            guard = _WriteGuard(f)
+            try:
+                torch.save(checkpoint, guard)
+            except RuntimeError:
+                if guard.error is not None:
+                    raise guard.error from None
+                raise
+
+        atomic_write(Path(path), write)
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a diverging run before anything of the epoch is written: first in the callback list, it
+    checks at every epoch end, before the evaluation row and the checkpoint."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        pl_module.check_finite()
 
 
 class ProgressFile(L.Callback):

@@ -1,24 +1,16 @@
-"""One training run: prepare data and model, check everything, then train under Lightning.
+"""One training run: prepare data and plan, check everything, then train under Lightning.
 
 ``prepare`` does every check that can fail on bad input (names, corpus, budget against the
 training split) before anything is written, so a refused run leaves no folder behind. ``train``
-creates the run folder, saves the resolved config, and trains, evaluating at the configured
-epochs; rerunning it on the same folder resumes from ``checkpoints/last.ckpt`` or, when the run is
-complete, returns its results without training.
-
-Run folder::
-
-    config.yaml        resolved run config (defaults + YAML + CLI)
-    run.json           derived quantities, provenance, status (running | done)
-    results.csv        one row per evaluation (contract 4)
-    tokenizer/         the tokenizer (save_pretrained)
-    metrics/attempt-N/ Lightning CSV logs (and TensorBoard events when installed), one folder per (re)start
-    checkpoints/last.ckpt
+creates the run folder (``experiments.run_folder``), saves the resolved config, and trains,
+evaluating at the configured epochs; rerunning it on the same folder resumes from
+``checkpoints/last.ckpt`` or, when the run is complete, returns its results without training.
+A run whose loss, gradient norm or validation loss turns non-finite stops with ``Diverged``: its
+status becomes ``diverged`` and its last (finite) checkpoint and results rows are kept.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,214 +18,166 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from data import BudgetError, Corpus, Packed, budget, get_tokenizer, load_corpus, token_byte_lengths, token_streams
+from data import Corpus, Packed, get_tokenizer, load_corpus, take_budget, token_byte_lengths, token_streams
 from data.budget import check_budget, validation_set
-from experiments.config import ConfigError, RunConfig
-from analysis.table import atomic_write_text, read_rows
-from models import ModelConfig, Transformer
+from experiments.config import RunConfig
+from experiments.devices import resolve_precision
+from experiments.module import Diverged
+from experiments.plan import RunPlan
+from experiments.run_folder import RunFolder
+from models.objectives import TokenIds
 
 
 @dataclass
 class Prepared:
-    cfg: RunConfig
+    """The data of a run and its plan (every derived number)."""
+
     corpus: Corpus
     tokenizer: Any
     tokenizer_hash: str
     train: Packed
     val: Packed
     train_tokens_available: int
-    model_config: ModelConfig
-    params: int
-    non_embedding_params: int
-
-    @property
-    def batch_layout(self) -> tuple[int, int, int]:
-        """(global batch, per-device batch, gradient-accumulation steps), in sequences."""
-        return self.cfg.batch_layout(self.model_config.seq_len)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train) // self.batch_layout[0])
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.cfg.epochs
-
-    @property
-    def flops(self) -> float:
-        return 6.0 * self.non_embedding_params * self.cfg.unique_tokens * self.cfg.epochs
-
-    def objective_args(self) -> dict[str, Any]:
-        t = self.tokenizer
-        return {"bos_id": t.eos_token_id, "mask_id": t.mask_token_id, "eps": self.cfg.diffusion_eps,
-                "mc_samples": self.cfg.mc_samples, "estimator": self.cfg.elbo_estimator,
-                "train_estimator": self.cfg.train_estimator}
+    plan: RunPlan
 
     def summary(self) -> str:
-        c, m = self.cfg, self.model_config
-        passes = len(self.val) * (c.mc_samples if c.objective == "diffusion" else 1)
+        c = self.plan.cfg
         return "\n".join([
-            f"objective {c.objective} (causal={m.causal}), model {c.model} "
-            f"(d{m.d_model} x {m.n_layer} layers, {m.n_head}/{m.n_kv_head} heads, attention {m.attention})",
-            f"parameters {self.params:,} total, {self.non_embedding_params:,} non-embedding (N)",
-            f"corpus {c.corpus} [{self.corpus.fingerprint[:12]}]: {self.train_tokens_available:,} training tokens, "
-            f"vocab {len(self.tokenizer)}",
-            f"budget U = {c.unique_tokens:,} unique tokens in {len(self.train)} sequences of {m.seq_len}; "
-            f"epochs {c.epochs}; tokens_seen {c.unique_tokens * c.epochs:,}",
-            f"tokens per step {self.batch_layout[0] * m.seq_len:,} ({self.batch_layout[0]} sequences = "
-            f"{c.world_size} rank(s) x {self.batch_layout[1] // self.batch_layout[2]} x {self.batch_layout[2]} "
-            f"accumulation); steps {self.steps_per_epoch}/epoch, {self.total_steps} total",
-            f"compute 6*N*tokens_seen = {self.flops:.3e} FLOPs",
-            f"evaluation at epochs {c.resolved_eval_epochs()} on {self.val.num_tokens:,} validation tokens"
-            + (f", {c.mc_samples} MC draws ({passes} sequence passes per evaluation)" if c.objective == "diffusion"
-               else f" ({passes} sequence passes per evaluation)"),
+            self.plan.summary(),
+            f"corpus {c.data.corpus} [{self.corpus.fingerprint[:12]}]: {self.train_tokens_available:,} training "
+            f"tokens, vocab {len(self.tokenizer)}; {self.val.num_tokens:,} validation tokens",
         ])
+
+    def row_base(self, run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, **self.plan.row_base(), "corpus_fingerprint": self.corpus.fingerprint,
+                "tokenizer_hash": self.tokenizer_hash}
+
+
+def token_ids(tokenizer: Any) -> TokenIds:
+    return TokenIds(pad=tokenizer.pad_token_id, mask=tokenizer.mask_token_id, eod=tokenizer.eos_token_id)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Everything before training; raises ConfigError / CorpusError / BudgetError on bad input."""
     cfg.validate()
-    corpus = load_corpus(cfg.corpus)
-    tokenizer = get_tokenizer(corpus, cfg.vocab_size)
-    streams = token_streams(corpus, tokenizer, cfg.order_seed)
-    mcfg = cfg.model_config(vocab_size=len(tokenizer))
-    check_budget(cfg.unique_tokens, cfg.epochs, len(streams.train))
+    corpus = load_corpus(cfg.data.corpus)
+    tokenizer = get_tokenizer(corpus, cfg.data.vocab_size)
+    streams = token_streams(corpus, tokenizer, cfg.data.order_seed)
+    seq_len = cfg.model_config().seq_len
+    check_budget(cfg.unique_tokens, cfg.epochs, len(streams.train), seq_len)
     pad = tokenizer.pad_token_id
-    train = budget(streams, cfg.unique_tokens, mcfg.seq_len, pad)
-    val = validation_set(streams, cfg.val_tokens, mcfg.seq_len, pad)
-    cfg.batch_layout(mcfg.seq_len)  # refuses a batch that does not split over ranks and micro-batches
-    probe = Transformer(mcfg)
-    return Prepared(cfg, corpus, tokenizer, streams.tokenizer_hash, train, val, len(streams.train), mcfg,
-                    probe.num_params(), probe.num_params(non_embedding=True))
+    train = take_budget(streams, cfg.unique_tokens, seq_len, pad)
+    val = validation_set(streams, cfg.data.val_tokens, seq_len, pad)
+    plan = RunPlan.of(cfg, len(train), len(val), len(tokenizer), token_ids(tokenizer))
+    return Prepared(corpus, tokenizer, streams.tokenizer_hash, train, val, len(streams.train), plan)
 
 
-def _check_existing(out: Path, cfg: RunConfig) -> str | None:
-    """Status of an existing run folder for the same config (None: new folder); refuses a foreign one."""
-    if not out.exists():
-        return None
-    cfg_file = out / "config.yaml"
-    if not cfg_file.exists():
-        if any(out.iterdir()):
-            raise ConfigError(f"output folder {str(out)!r} exists and is not a crossover run folder")
-        return None
-    old = RunConfig.from_dict(yaml.safe_load(cfg_file.read_text())).identity()
-    diff = [k for k, v in cfg.identity().items() if old.get(k) != v]
-    if diff:
-        k = diff[0]
-        raise ConfigError(f"{str(out)!r} holds a run with a different config ({k}: {old.get(k)!r} -> "
-                          f"{getattr(cfg, k)!r}); use another --out")
-    info = out / "run.json"
-    return json.loads(info.read_text()).get("status", "running") if info.exists() else "running"
-
-
-def run_id_for(out: Path) -> str:
-    return out.resolve().name
-
-
-def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepared: Prepared | None = None,
-          quiet: bool = False, on_start: Callable[[], None] | None = None) -> list[dict[str, str]]:
-    """Train (or resume, or skip when complete) the run in ``out``; returns its results rows.
-
-    ``on_start`` is called once the run folder exists, before training (the sweep runner's lock)."""
+def build_trainer(prep: Prepared, folder: RunFolder, run_id: str, show_progress: bool):
+    """The LightningModule and the Trainer with its callbacks and loggers (no file is written yet)."""
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from experiments.datamodule import BudgetDataModule
     from experiments.evaluation import EvaluationCallback
-    from experiments.module import AtomicCheckpointIO, LitLM, ProgressBar, ProgressFile, quiet_lightning
+    from experiments.module import AtomicCheckpointIO, DivergenceGuard, LitLM, ProgressBar, ProgressFile
 
-    quiet_lightning()
-
-    out = Path(out)
-    status = _check_existing(out, cfg)
-    if status == "done":
-        if not quiet:
-            print(f"{out}: run already complete", file=sys.stderr)
-        return read_rows(out / "results.csv")
-    prep = prepared or prepare(cfg)
-    run_id = run_id or run_id_for(out)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-
-    # Everything that can still refuse the run (Lightning's own checks of accelerator, devices,
-    # precision) is built before the run folder exists; loggers create their folders lazily.
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    mc_samples = cfg.mc_samples if cfg.objective == "diffusion" else 1
-    optim = {k: getattr(cfg, k) for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
-                                            "weight_decay", "beta1", "beta2")}
-    use_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if use_gpu else "32-true")
-    lit = LitLM(prep.model_config.to_dict(), cfg.objective, prep.objective_args(), optim, prep.total_steps, cfg.seed,
-                compile=cfg.compile, log_every_n_steps=cfg.log_every_n_steps, peak_flops=cfg.peak_flops)
-    lit.run_info = {"run_id": run_id, "config": cfg.to_dict(), "tokenizer_json": prep.tokenizer.backend_tokenizer.to_str()}
-    row_base = {
-        "run_id": run_id, "objective": cfg.objective, "attention": cfg.attention, "model": cfg.model,
-        "params": prep.params, "non_embedding_params": prep.non_embedding_params, "unique_tokens": cfg.unique_tokens,
-        "seed": cfg.seed, "mc_samples": mc_samples,
-        "elbo_weight": ({"count": "L/l", "time": "1/t"}[cfg.elbo_estimator] if cfg.objective == "diffusion" else ""),
-        "mask_eps": cfg.diffusion_eps if cfg.objective == "diffusion" else "", "seq_len": prep.model_config.seq_len,
-        "vocab_size": len(prep.tokenizer), "batch_size": prep.batch_layout[0], "run_epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule,
-        "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
-    }
-    evaluation = EvaluationCallback(prep.val, cfg.resolved_eval_epochs(), cfg.eval_batch_size,
-                                    token_byte_lengths(prep.tokenizer), row_base, out / "results.csv")
+    plan, cfg, r = prep.plan, prep.plan.cfg, prep.plan.cfg.run
+    lit = LitLM(plan.model, plan.objective, cfg.optim, plan.total_steps, cfg.seed, compile=r.compile,
+                log_every_n_steps=r.log_every_n_steps, peak_flops=r.peak_flops)
+    lit.run_info = {"run_id": run_id, "config": cfg.to_dict(),
+                    "tokenizer_json": prep.tokenizer.backend_tokenizer.to_str()}
+    evaluation = EvaluationCallback(prep.val, plan.eval_epochs, cfg.eval.eval_batch_size,
+                                    token_byte_lengths(prep.tokenizer), prep.row_base(run_id), folder.results)
     # one file, overwritten (atomically, see AtomicCheckpointIO) after every epoch
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1,
+    checkpoint = ModelCheckpoint(dirpath=folder.checkpoint.parent, filename="last", save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [evaluation, ProgressFile(out / "progress.json", cfg.epochs), checkpoint]
-    if cfg.progress and not quiet:
-        callbacks.append(ProgressBar(refresh_rate=max(1, prep.steps_per_epoch // 20)))
-    attempt = f"attempt-{len(list((out / 'metrics').glob('attempt-*')))}"  # a resumed run logs beside, not over
-    loggers = [CSVLogger(out, name="metrics", version=attempt)]
+    callbacks = [DivergenceGuard(), evaluation, ProgressFile(folder.progress_file, cfg.epochs), checkpoint]
+    if show_progress:
+        callbacks.append(ProgressBar(refresh_rate=max(1, plan.steps_per_epoch // 20)))
+    attempt = folder.next_attempt()
+    loggers = [CSVLogger(folder.path, name="metrics", version=attempt)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(out, name="metrics", version=attempt))
+        loggers.append(TensorBoardLogger(folder.path, name="metrics", version=attempt))
     except ImportError:
         pass
-    global_batch, per_device, accumulation = prep.batch_layout
-    strategy = cfg.strategy if cfg.strategy != "auto" else ("ddp" if cfg.world_size > 1 else "auto")
+    strategy = r.strategy if r.strategy != "auto" else ("ddp" if r.world_size > 1 else "auto")
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=strategy, precision=precision, accumulate_grad_batches=accumulation,
-        gradient_clip_val=cfg.grad_clip or None, logger=loggers, callbacks=callbacks,
-        log_every_n_steps=cfg.log_every_n_steps, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, use_distributed_sampler=False, enable_progress_bar=cfg.progress and not quiet,
-        plugins=[AtomicCheckpointIO()],
+        max_epochs=cfg.epochs, accelerator=r.accelerator, devices=r.devices, num_nodes=r.num_nodes,
+        strategy=strategy, precision=resolve_precision(r.precision, r.accelerator),
+        accumulate_grad_batches=plan.batch.accumulation, gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=loggers, callbacks=callbacks, log_every_n_steps=r.log_every_n_steps, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        enable_progress_bar=show_progress, plugins=[AtomicCheckpointIO()],
     )
+    return lit, trainer
+
+
+def run_info(prep: Prepared, run_id: str) -> dict[str, Any]:
+    """``run.json`` at the start of an attempt: derived numbers and provenance."""
+    import lightning as L
+    import torch
+
+    plan, cfg = prep.plan, prep.plan.cfg
+    return {"run_id": run_id, "status": "running", "params": plan.params,
+            "non_embedding_params": plan.non_embedding_params, "model_config": plan.model.to_dict(),
+            "corpus": cfg.data.corpus, "corpus_fingerprint": prep.corpus.fingerprint,
+            "tokenizer_hash": prep.tokenizer_hash, "train_tokens_available": prep.train_tokens_available,
+            "unique_tokens": cfg.unique_tokens, "epochs": cfg.epochs, "tokens_seen": plan.tokens_seen,
+            "flops": plan.flops, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+            "val_tokens": prep.val.num_tokens, **plan.objective.describe(), "eval_epochs": plan.eval_epochs,
+            "versions": {"torch": torch.__version__, "lightning": L.__version__}}
+
+
+def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepared: Prepared | None = None,
+          quiet: bool = False, on_start: Callable[[RunFolder], None] | None = None) -> list[dict[str, str]]:
+    """Train (or resume, or skip when complete) the run in ``out``; returns its results rows.
+
+    ``on_start(folder)`` is called once the run folder exists, before training (the sweep's lock).
+    Raises ``Diverged`` (after recording the status) when the run diverges."""
+    import lightning as L
+    import torch
+
+    from experiments.module import quiet_lightning
+
+    quiet_lightning()
+    folder = RunFolder(out)
+    status = folder.check_reusable(cfg)
+    if status in ("done", "diverged"):
+        if not quiet:
+            print(f"{out}: run already {'complete' if status == 'done' else 'diverged'}", file=sys.stderr)
+        return folder.rows()
+    prep = prepared or prepare(cfg)
+    run_id = run_id or folder.path.resolve().name
+    torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Everything that can still refuse the run (Lightning's own checks of accelerator, devices,
+    # precision) is built before the run folder exists; loggers create their folders lazily.
+    lit, trainer = build_trainer(prep, folder, run_id, show_progress=cfg.run.progress and not quiet)
     if not quiet:
         print(prep.summary(), file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if not (out / "tokenizer").exists():
-        prep.tokenizer.save_pretrained(out / "tokenizer")
-    info = {
-        "run_id": run_id, "status": "running", "params": prep.params,
-        "non_embedding_params": prep.non_embedding_params, "model_config": prep.model_config.to_dict(),
-        "corpus": cfg.corpus, "corpus_fingerprint": prep.corpus.fingerprint, "tokenizer_hash": prep.tokenizer_hash,
-        "train_tokens_available": prep.train_tokens_available, "unique_tokens": cfg.unique_tokens,
-        "epochs": cfg.epochs, "tokens_seen": cfg.unique_tokens * cfg.epochs, "flops": prep.flops,
-        "steps_per_epoch": prep.steps_per_epoch, "total_steps": prep.total_steps,
-        "val_tokens": prep.val.num_tokens, "mc_samples": mc_samples,
-        "eval_epochs": cfg.resolved_eval_epochs(), "versions": {"torch": torch.__version__, "lightning": L.__version__},
-    }
-    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    folder.create(cfg, prep.tokenizer)
+    folder.write_info(run_info(prep, run_id))
     if on_start is not None:
-        on_start()
+        on_start(folder)
 
-    data = BudgetDataModule(prep.train, global_batch, accumulation, cfg.seed)
-    last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(lit, datamodule=data, ckpt_path=last if last.exists() else None)
-    tokens_trained = lit.final_tokens_trained
+    from experiments.datamodule import BudgetDataModule
+
+    data = BudgetDataModule(prep.train, prep.plan.batch.global_batch, prep.plan.batch.accumulation, cfg.seed)
+    last = folder.checkpoint
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=last if last.exists() else None)
+    except Diverged as e:
+        if trainer.is_global_zero:
+            folder.update_info(status="diverged", diverged={"what": e.what, "step": e.step, "value": str(e.value)})
+        raise
     if trainer.is_global_zero:
-        info.update(status="done", train_time_s=round(lit.train_time_s, 3), global_step=trainer.global_step,
-                    tokens_trained=tokens_trained, precision=precision, world_size=trainer.world_size)
-        atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    return read_rows(out / "results.csv")
+        folder.update_info(status="done", train_time_s=round(lit.train_time_s, 3), global_step=trainer.global_step,
+                           tokens_trained=lit.final_tokens_trained, precision=trainer.precision,
+                           world_size=trainer.world_size)
+    return folder.rows()
 
 
-__all__ = ["BudgetError", "Prepared", "prepare", "train"]
+__all__ = ["Diverged", "Prepared", "prepare", "train"]

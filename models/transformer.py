@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import build_attention
+from models.attention.registry import attention_params
 from models.config import ModelConfig
 
 
@@ -152,3 +153,15 @@ class Transformer(nn.Module):
         """Parameter count; ``non_embedding`` leaves out the (tied) token embedding matrix."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() if non_embedding else n
+
+
+def count_params(config: ModelConfig, non_embedding: bool = False) -> int:
+    """Parameter count in closed form, without building the model (``Transformer.num_params`` agrees; tested).
+
+    Per block: two RMSNorms 2C, q and o projections 2 C Hq D, k and v 2 C Hkv D, SwiGLU 3 C F, and
+    the attention kind's own weights; then the final RMSNorm C and the tied embedding V C (left out
+    with ``non_embedding``: Kaplan's N, the N of the compute formula)."""
+    C, D, F_ = config.d_model, config.head_dim, config.d_ff
+    block = 2 * C + 2 * C * config.n_head * D + 2 * C * config.n_kv_head * D + 3 * C * F_ + attention_params(config)
+    n = config.n_layer * block + C
+    return n if non_embedding else n + config.vocab_size * C

@@ -12,15 +12,19 @@ import pytest
 
 from analysis import fit_table, load_results, write_report
 from analysis.crossover import find_crossovers
-from analysis.fits import analyse, effective_data, fit_c_crit, select_fit_points
-from analysis.plots import format_sci, format_tokens
+from analysis.fits import analyse, fit_c_crit, select_fit_points
+from analysis.law import effective_data
+from analysis.plotkit import format_sci, format_tokens
 from analysis.report import build_summary
-from analysis.results import aggregate_points, validate_results
+from analysis.results import TableError, aggregate_points, validate_results
 
 EPOCHS = sorted({int(round(e)) for e in np.logspace(0, np.log10(500), 20)})
 LAW = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 1400.0, "beta": 0.35}
 R_STAR = {"ar": 15.0, "diffusion": 400.0}
-LAW_KEYS = {"R_D_star", "R_D_star_err", "E", "A", "alpha", "B", "beta"}
+PARAMS = ("E", "A", "alpha", "B", "beta", "R_D_star", "R_N_star")
+LAW_KEYS = {*PARAMS, *(f"{p}_err" for p in PARAMS), "status", "protocol", "protocol_used", "fit_points", "ci68", "ci95",
+            "at_bound", "fixed", "unidentified", "n_points", "n_excluded", "n_runs", "n_single_epoch", "n_bootstrap",
+            "r2", "rmse_log", "note"}
 
 
 def row(objective: str, n: int, u: int, epochs: int, loss: float, *, se: float = 0.0, seed: int = 0,
@@ -45,14 +49,15 @@ def row(objective: str, n: int, u: int, epochs: int, loss: float, *, se: float =
 
 
 def law_table(ns: tuple[int, ...], us: tuple[int, ...], noise: float = 0.002, seed: int = 0) -> pd.DataFrame:
-    """Losses from Muennighoff's law (R_D* 15 for AR, 400 for diffusion) with multiplicative noise."""
+    """Losses from Muennighoff's law without an excess-parameter limit (R_N* = inf: N' = N; R_D* 15 for AR,
+    400 for diffusion) with multiplicative noise."""
     rng = np.random.default_rng(seed)
     rows = []
     for objective, r_star in R_STAR.items():
         for n in ns:
             for u in us:
                 for e in EPOCHS:
-                    d_prime = effective_data(u, e, r_star)
+                    d_prime = effective_data(u, u * e, r_star)
                     loss = LAW["E"] + LAW["A"] / n ** LAW["alpha"] + LAW["B"] / d_prime ** LAW["beta"]
                     rows.append(row(objective, n, u, e, float(loss * math.exp(noise * rng.standard_normal()))))
     return pd.DataFrame(rows)
@@ -78,42 +83,39 @@ def planted_table(budgets: dict[int, float], *, n: int = 10_000_000, se: float =
 def assert_schema(out: dict[str, object]) -> None:
     """``fit_table`` output matches the documented JSON shape and survives a JSON round trip."""
     assert json.loads(json.dumps(out, allow_nan=False)) == out
-    assert set(out) == {"ar", "diffusion", "crossover", "c_crit_exponent"}
-    for objective in ("ar", "diffusion"):
-        law = out[objective]
-        assert set(law) - {"note"} == LAW_KEYS
-        assert all(law[k] is None or type(law[k]) is float for k in LAW_KEYS)
+    assert set(out) == {"attention", "units", "families", "laws", "crossover", "c_crit", "c_crit_from_laws"}
+    assert set(out["laws"]) == set(out["families"])
+    for law in out["laws"].values():
+        assert set(law) == LAW_KEYS
+        assert all(law[k] is None or type(law[k]) is float for k in PARAMS)
+        assert law["status"] in ("ok", "at_bound", "degenerate", "no_fit")
+        assert all(type(law[k]) is int for k in ("n_points", "n_excluded", "n_runs", "n_single_epoch"))
     for entry in out["crossover"]:
-        assert set(entry) == {"unique_tokens", "flops"}
+        assert set(entry) == {"family", "unique_tokens", "flops", "flops_interp", "significant"}
         assert type(entry["unique_tokens"]) is int
         assert entry["flops"] is None or type(entry["flops"]) is float
-    assert out["c_crit_exponent"] is None or type(out["c_crit_exponent"]) is float
+    for fit in out["c_crit"].values():
+        assert fit is None or type(fit["exponent"]) is float
 
 
-def test_law_fit_recovers_planted_parameters() -> None:
+def test_law_fit_recovers_planted_parameters_and_reports_r_n_star_at_bound() -> None:
+    """Data without an excess-parameter limit (R_N* = inf): R_D*, alpha, beta, E recovered, and R_N* runs to
+    its upper bound, reported as such with no error bar."""
     out = fit_table(law_table(ns=(20_000_000, 100_000_000, 500_000_000), us=(10**7, 10**8, 10**9)), n_bootstrap=20)
     assert_schema(out)
     for objective, r_star in R_STAR.items():
-        fit = out[objective]
+        fit = out["laws"][objective]
         assert fit["R_D_star"] == pytest.approx(r_star, rel=0.1)
         assert fit["alpha"] == pytest.approx(LAW["alpha"], rel=0.1)
         assert fit["beta"] == pytest.approx(LAW["beta"], rel=0.1)
         assert fit["E"] == pytest.approx(LAW["E"], rel=0.1)
-        assert 0.0 < fit["R_D_star_err"] < 0.2 * r_star
-        assert "note" not in fit
-
-
-def test_single_model_folds_parameter_term_into_e() -> None:
-    n = 100_000_000
-    out = fit_table(law_table(ns=(n,), us=(10**7, 10**8, 10**9)), n_bootstrap=0)
-    assert_schema(out)
-    for objective, r_star in R_STAR.items():
-        fit = out[objective]
-        assert fit["A"] is None and fit["alpha"] is None and fit["R_D_star_err"] is None
-        assert "single N" in fit["note"]
-        assert fit["R_D_star"] == pytest.approx(r_star, rel=0.1)
-        assert fit["beta"] == pytest.approx(LAW["beta"], rel=0.1)
-        assert fit["E"] == pytest.approx(LAW["E"] + LAW["A"] / n ** LAW["alpha"], rel=0.1)
+        lo, hi = fit["ci95"]["R_D_star"]  # the run bootstrap's 95 % interval covers the truth
+        assert lo < r_star and (hi is None or r_star < hi)
+        assert objective != "ar" or 0.0 < fit["R_D_star_err"] < 0.2 * r_star  # 9 runs pin down AR's 15, not 400
+        # the truth (R_N* = inf) lies past the bound: a large value, no error bar, an interval open above
+        assert fit["R_N_star"] > 1e4 and fit["R_N_star_err"] is None and fit["ci95"]["R_N_star"][1] is None
+        assert fit["status"] in ("ok", "at_bound") and set(fit["at_bound"]) <= {"R_N_star"}
+        assert fit["n_runs"] == 9 and fit["n_bootstrap"] >= 10
 
 
 def test_too_few_points_give_nulls_and_a_note() -> None:
@@ -121,9 +123,10 @@ def test_too_few_points_give_nulls_and_a_note() -> None:
     table = table[(table["objective"] == "ar") | (table["epochs"] <= 2)]
     out = fit_table(table, n_bootstrap=0)
     assert_schema(out)
-    assert all(out["diffusion"][k] is None for k in LAW_KEYS)
-    assert "too few points" in out["diffusion"]["note"]
-    assert out["ar"]["R_D_star"] is not None
+    diffusion = out["laws"]["diffusion"]
+    assert all(diffusion[k] is None for k in PARAMS) and diffusion["status"] == "no_fit"
+    assert "too few points" in diffusion["note"]
+    assert out["laws"]["ar"]["R_D_star"] is not None
 
 
 def test_fit_points_up_to_best_drops_overfitted_epochs() -> None:
@@ -146,7 +149,10 @@ def test_crossover_found_at_planted_compute() -> None:
     assert cross.flops == diffusion_flops[diffusion_flops > c_star][0]
     assert cross.flops_interp == pytest.approx(c_star, rel=1e-9)
     assert 3.0 - cross.frontier_loss > 0.01 and cross.significant and cross.flops_significant == cross.flops
-    assert fit_table(table, n_bootstrap=0)["crossover"] == [{"unique_tokens": u, "flops": cross.flops}]
+    assert cross.family == "diffusion"
+    assert fit_table(table, n_bootstrap=0)["crossover"] == [
+        {"family": "diffusion", "unique_tokens": u, "flops": cross.flops, "flops_interp": cross.flops_interp,
+         "significant": True}]
 
 
 def test_crossover_not_significant_with_large_monte_carlo_error() -> None:
@@ -161,8 +167,9 @@ def test_no_crossover_reports_largest_diffusion_compute() -> None:
     assert cross.flops is None and cross.flops_interp is None and cross.significant is False
     assert cross.max_diffusion_flops == table.loc[table["objective"] == "diffusion", "flops"].max()
     out = fit_table(table, n_bootstrap=0)
-    assert out["crossover"] == [{"unique_tokens": 1_000_000, "flops": None}]
-    assert out["c_crit_exponent"] is None
+    assert out["crossover"] == [{"family": "diffusion", "unique_tokens": 1_000_000, "flops": None,
+                                 "flops_interp": None, "significant": False}]
+    assert out["c_crit"] == {"diffusion": None}
 
 
 def test_c_crit_fit_recovers_planted_exponent() -> None:
@@ -175,21 +182,21 @@ def test_c_crit_fit_recovers_planted_exponent() -> None:
     assert fit.exponent == pytest.approx(k, rel=1e-6)
     assert fit.prefactor == pytest.approx(c, rel=1e-4)
     assert fit_c_crit(crossovers, "first").exponent == pytest.approx(k, rel=0.1)
-    assert fit_table(table, n_bootstrap=0)["c_crit_exponent"] == pytest.approx(k, rel=1e-6)
+    assert fit_table(table, n_bootstrap=0)["c_crit"]["diffusion"]["exponent"] == pytest.approx(k, rel=1e-6)
     assert fit_c_crit(crossovers[:1]) is None
 
 
 def test_load_results_rejects_a_missing_column(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     planted_table({10**6: math.inf}).drop(columns=["val_loss"]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="missing required column.*val_loss"):
+    with pytest.raises(TableError, match="missing required column.*val_loss"):
         load_results(path)
 
 
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("objective", "mlm", "objective"),
+        ("objective", "", "objective"),
         ("epochs", "two", "epochs"),
         ("val_loss", -1.0, "val_loss"),
         ("flops", 1.0, "6 \\* non_embedding_params"),
@@ -201,7 +208,7 @@ def test_load_results_rejects_bad_values(tmp_path: Path, column: str, value: obj
     table.loc[5, column] = value
     path = tmp_path / "results.csv"
     table.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(TableError, match=message):
         load_results(path)
 
 
@@ -211,7 +218,7 @@ def test_load_results_round_trip_and_seed_average(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     table.to_csv(path, index=False)
     loaded = load_results(path)
-    assert pd.api.types.is_integer_dtype(loaded["epochs"]) and pd.api.types.is_string_dtype(loaded["run_id"])
+    assert pd.api.types.is_float_dtype(loaded["epochs"]) and pd.api.types.is_string_dtype(loaded["run_id"])
     (point,) = aggregate_points(loaded).itertuples(index=False)
     assert point.val_loss == pytest.approx(3.1) and point.n_seeds == 2
     assert point.mc_se == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
@@ -226,8 +233,8 @@ def sweep_table() -> pd.DataFrame:
         for u, offset in ((25_000_000, 0.0), (50_000_000, 0.0), (100_000_000, 2.0)):
             for e in epochs:
                 base = 1.8 + 400 / n**0.34
-                ar = base + 1400 / effective_data(u, e, 15.0) ** 0.35 + 0.08 * max(0.0, math.log(e / 10)) ** 2
-                diffusion = base + 0.2 + offset + 1400 / effective_data(u, e, 400.0) ** 0.35
+                ar = base + 1400 / effective_data(u, u * e, 15.0) ** 0.35 + 0.08 * max(0.0, math.log(e / 10)) ** 2
+                diffusion = base + 0.2 + offset + 1400 / effective_data(u, u * e, 400.0) ** 0.35
                 rows.append(row("ar", n, u, e, ar) | {"corpus": "synthetic-c4"})
                 extra = {"corpus": "synthetic-c4", "mc_samples": 32}
                 rows.append(row("diffusion", n, u, e, diffusion, se=0.003) | extra)
@@ -239,17 +246,18 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, pd.Data
     root = tmp_path_factory.mktemp("sweep")
     table = sweep_table()
     table.to_csv(root / "results.csv", index=False)
-    summary = write_report(root / "results.csv", root / "report", n_bootstrap=20)
+    summary = write_report(root / "results.csv", root / "report", n_bootstrap=10)
     return root / "report", summary, table
 
 
 def test_write_report_writes_every_file(report: tuple[Path, str, pd.DataFrame]) -> None:
     out, summary, _ = report
-    for stem in ("loss_vs_compute", "loss_vs_epochs", "law_fit", "c_crit"):
+    for stem in ("loss_vs_compute", "loss_vs_epochs", "law_fit", "c_crit", "data_value"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not (out / "block_size.png").exists()  # no block_size column
     assert (out / "summary.md").read_text() == summary
-    assert not list(out.glob(".*tmp"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert_schema(json.loads((out / "fits.json").read_text()))
 
 
@@ -257,19 +265,26 @@ def test_summary_contains_the_numbers(report: tuple[Path, str, pd.DataFrame]) ->
     out, summary, table = report
     fits = json.loads((out / "fits.json").read_text())
     points = aggregate_points(validate_results(table))
-    for (u, objective), own in points.groupby(["unique_tokens", "objective"]):
+    for (u, family), own in points.groupby(["unique_tokens", "family"]):
         best = own.loc[own["val_loss"].idxmin()]
-        assert (f"| {format_tokens(u)} | {objective} | {best['val_loss']:.4f} | {best['se']:.4f} | "
+        assert (f"| {format_tokens(u)} | {family} | {best['val_loss']:.4f} | {best['se']:.4f} | "
                 f"{int(best['epochs'])} | {best['model']} | {format_sci(best['flops'])} |") in summary
     found = [c for c in fits["crossover"] if c["flops"] is not None]
     assert len(found) == 2 and fits["crossover"][2]["flops"] is None
     for c in found:
-        assert format_sci(c["flops"]) in summary
+        assert f"| diffusion | {format_tokens(c['unique_tokens'])} |" in summary and format_sci(c["flops"]) in summary
     max_flops = table.loc[(table["unique_tokens"] == 100_000_000) & (table["objective"] == "diffusion"), "flops"].max()
     assert f"none up to {format_sci(max_flops)}" in summary
     for objective in ("ar", "diffusion"):
-        assert f"| {objective} | {fits[objective]['R_D_star']:.4g} | {fits[objective]['R_D_star_err']:.4g} |" in summary
-    assert f"k = {fits['c_crit_exponent']:.3f}" in summary
+        law = fits["laws"][objective]
+        head = f"| {objective} | {law['status']} | {law['protocol_used'].replace('_', '-')} | "
+        (line,) = [line for line in summary.splitlines() if line.startswith(head)]
+        r_d_cell = line[len(head):].split(" | ")[0]
+        assert f"{law['R_D_star']:.4g}" in r_d_cell
+        assert ("(at bound)" in r_d_cell) == ("R_D_star" in law["at_bound"])
+        assert f"| {law['n_points']} ({law['n_excluded']}), {law['n_runs']} |" in line
+    assert fits["laws"]["diffusion"]["status"] == "degenerate"  # U = 100M is 2 nats off the law
+    assert f"k = {fits['c_crit']['diffusion']['exponent']:.3f}" in summary
     assert "synthetic-c4" in summary and "32" in summary
 
 
@@ -279,8 +294,9 @@ def test_several_attention_kinds_are_analysed_separately() -> None:
     sparse["run_id"] = "nsa-" + sparse["run_id"]
     table = pd.concat([dense, sparse], ignore_index=True)
     assert fit_table(table, n_bootstrap=0)["crossover"][0]["flops"] is not None  # "dense" by default
-    assert fit_table(table, attention="nsa", n_bootstrap=0)["crossover"][0]["flops"] is None
-    with pytest.raises(ValueError, match="attention"):
+    nsa = fit_table(table, attention="nsa", n_bootstrap=0)
+    assert nsa["attention"] == "nsa" and nsa["crossover"][0]["flops"] is None
+    with pytest.raises(TableError, match="attention"):
         fit_table(table, attention="swa", n_bootstrap=0)
     rows = validate_results(table)
     points = aggregate_points(rows)

@@ -8,9 +8,9 @@ import pytest
 from data import (
     BudgetError,
     CorpusError,
-    budget,
     get_tokenizer,
     load_corpus,
+    take_budget,
     token_byte_lengths,
     token_streams,
     validation_set,
@@ -72,7 +72,7 @@ def test_tokenizer_is_cached(corpus, tokenizer, _isolated_cache):
 
 def test_budget_is_exact_padded_and_nested(streams):
     L = 16
-    small, large = budget(streams, 1000, L, 0), budget(streams, 2503, L, 0)
+    small, large = take_budget(streams, 1000, L, 0), take_budget(streams, 2503, L, 0)
     assert small.num_tokens == 1000 and large.num_tokens == 2503
     assert len(large) == -(-2503 // L) and not large.valid[-1, 2503 % L:].any() and large.valid[-1, : 2503 % L].all()
     assert (large.tokens[-1, 2503 % L:] == 0).all()  # padding is [PAD]
@@ -102,10 +102,10 @@ def test_validation_documents_never_in_training(corpus, tokenizer, streams):
 
 def test_budget_errors(streams):
     with pytest.raises(BudgetError, match="exceeds the training split"):
-        budget(streams, len(streams.train) + 1, 16, 0)
+        take_budget(streams, len(streams.train) + 1, 16, 0)
     with pytest.raises(BudgetError, match="positive"):
-        budget(streams, 0, 16, 0)
-    assert budget(streams, len(streams.train), 16, 0).num_tokens == len(streams.train)
+        take_budget(streams, 0, 16, 0)
+    assert take_budget(streams, len(streams.train), 16, 0).num_tokens == len(streams.train)
 
 
 def test_non_utf8_file_is_skipped_with_its_name(tmp_path, capsys):
@@ -113,10 +113,12 @@ def test_non_utf8_file_is_skipped_with_its_name(tmp_path, capsys):
 
     folder = write_corpus(tmp_path / "c")
     (folder / "latin1.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    (folder / "zeros.py").write_bytes(b"\x00" * 4096)  # decodes as UTF-8, but is no text
     corpus = load_corpus(f"files:{folder}/*.py")
-    assert corpus.skipped == ["latin1.py"]
-    assert "latin1.py" in capsys.readouterr().err
-    assert "latin1.py" not in {d.name for d in corpus.train + corpus.validation}
+    assert corpus.skipped == ["latin1.py", "zeros.py"]
+    err = capsys.readouterr().err
+    assert "latin1.py" in err and "zeros.py" in err and len(err.strip().splitlines()) == 1
+    assert not {"latin1.py", "zeros.py"} & {d.name for d in corpus.train + corpus.validation}
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -59,3 +59,15 @@ def test_bad_config_is_refused():
         ModelConfig.from_name("huge")
     with pytest.raises(KeyError, match="unknown attention kind"):
         Transformer(ModelConfig(attention="nope"))
+
+
+@pytest.mark.parametrize("attention", ["dense", "window", "topk", "nsa"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "p7m"])
+def test_closed_form_parameter_count_matches_the_built_model(preset, attention):
+    from models import count_params
+
+    config = ModelConfig.from_name(preset, attention=attention, n_kv_head=2 if preset == "small" else None,
+                                   vocab_size=777)
+    model = Transformer(config)
+    assert count_params(config) == model.num_params()
+    assert count_params(config, non_embedding=True) == model.num_params(non_embedding=True)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from models.objectives import build_objective
+from models.objectives import TokenIds, build_objective
 
 
 class FixedLogits(nn.Module):
@@ -29,7 +29,7 @@ def test_ar_loss_equals_hand_computed_cross_entropy():
     model = FixedLogits(table)
     x = torch.tensor([[3, 1, 2]])
     valid = torch.tensor([[True, True, False]])
-    ar = build_objective("ar", bos_id=2)
+    ar = build_objective("ar")
     loss = ar.loss_sum(model, x, valid) / valid.sum()
     assert model.inputs[0].tolist() == [[2, 3, 1]]  # [BOS] + x[:-1]
 
@@ -40,7 +40,9 @@ def test_ar_loss_equals_hand_computed_cross_entropy():
     assert abs(loss.item() - expected) < 1e-6
     sums = ar.evaluate(model, x, valid)
     assert abs(sums.nll.item() - 2 * expected) < 1e-6 and sums.tokens.item() == 2 and sums.mc_var.item() == 0
-    assert V == table.shape[1]
+    # the start token is the tokenizer's [EOD], taken from TokenIds, not a constant of the objective
+    build_objective("ar", ids=TokenIds(eod=V - 1)).loss_sum(model, x, valid)
+    assert model.inputs[-1].tolist() == [[V - 1, 3, 1]]
 
 
 def test_uniform_logits_give_log_v_for_both_objectives():
@@ -49,17 +51,17 @@ def test_uniform_logits_give_log_v_for_both_objectives():
     x = torch.randint(3, V, (B, T))
     valid = torch.ones(B, T, dtype=torch.bool)
     valid[-1, 20:] = False
-    ar = build_objective("ar", bos_id=2).evaluate(model, x, valid)
+    ar = build_objective("ar").evaluate(model, x, valid)
     assert abs(ar.nll.item() / ar.tokens.item() - math.log(V)) < 1e-6
-    diff = build_objective("diffusion", mask_id=1, mc_samples=8, estimator="time").evaluate(
+    diff = build_objective("diffusion", mc_samples=8, eval_estimator="time").evaluate(
         model, x, valid, torch.Generator().manual_seed(0))
     est, se = diff.nll.item() / diff.tokens.item(), math.sqrt(diff.mc_var.item()) / diff.tokens.item()
     assert se > 0 and abs(est - math.log(V)) < 3 * se + 1e-3
     # the exact-count estimator has no Monte Carlo noise when every prediction costs log V
-    count = build_objective("diffusion", mask_id=1, mc_samples=8).evaluate(model, x, valid, torch.Generator().manual_seed(0))
+    count = build_objective("diffusion", mc_samples=8).evaluate(model, x, valid, torch.Generator().manual_seed(0))
     assert abs(count.nll.item() / count.tokens.item() - math.log(V)) < 1e-6 and count.mc_var.item() < 1e-6
     # the training loss has the same expectation: average it over many draws
-    obj = build_objective("diffusion", mask_id=1)
+    obj = build_objective("diffusion")
     g = torch.Generator().manual_seed(1)
     losses = [obj.loss_sum(model, x, valid, g).item() / valid.sum().item() for _ in range(200)]
     mean = sum(losses) / len(losses)
@@ -73,7 +75,7 @@ def test_diffusion_masks_only_valid_tokens_and_is_deterministic():
     x = torch.randint(3, V, (4, 10))
     valid = torch.ones(4, 10, dtype=torch.bool)
     valid[:, 7:] = False
-    obj = build_objective("diffusion", mask_id=1, mc_samples=3)
+    obj = build_objective("diffusion", mc_samples=3)
     a = obj.evaluate(model, x, valid, torch.Generator().manual_seed(5))
     b = obj.evaluate(model, x, valid, torch.Generator().manual_seed(5))
     assert a.nll.item() == b.nll.item()
@@ -82,7 +84,7 @@ def test_diffusion_masks_only_valid_tokens_and_is_deterministic():
 
 
 def test_training_noise_is_stratified_across_the_global_batch():
-    obj = build_objective("diffusion", mask_id=1, eps=1e-3)
+    obj = build_objective("diffusion", eps=1e-3)
     def gens(ids):
         return [torch.Generator().manual_seed(i) for i in ids]
 
@@ -105,7 +107,7 @@ def test_count_and_time_estimators_agree_on_a_real_model():
     out = {}
     with torch.no_grad():
         for est in ("count", "time"):
-            s = build_objective("diffusion", mask_id=1, mc_samples=16, estimator=est).evaluate(
+            s = build_objective("diffusion", mc_samples=16, eval_estimator=est).evaluate(
                 model, x, valid, torch.Generator().manual_seed(3))
             out[est] = (s.nll.item() / s.tokens.item(), math.sqrt(s.mc_var.item()) / s.tokens.item())
     (c, c_se), (t, t_se) = out["count"], out["time"]
@@ -118,7 +120,7 @@ def test_count_estimator_masks_exactly_l_tokens():
     x = torch.randint(3, V, (3, 20))
     valid = torch.ones_like(x, dtype=torch.bool)
     valid[2, 7:] = False
-    build_objective("diffusion", mask_id=1, mc_samples=5).evaluate(model, x, valid, torch.Generator().manual_seed(0))
+    build_objective("diffusion", mc_samples=5).evaluate(model, x, valid, torch.Generator().manual_seed(0))
     masked = (model.inputs[0] == 1)  # (15, 20): 5 draws per sequence
     counts = masked.sum(dim=1).view(3, 5)
     assert counts[:2].min() >= 1 and counts[:2].max() <= 20 and counts[2].max() <= 7
@@ -132,7 +134,7 @@ def test_count_training_loss_is_exact_for_uniform_logits_and_masks_l_tokens():
     x = torch.randint(3, V, (8, 16))
     valid = torch.ones_like(x, dtype=torch.bool)
     valid[-1, 5:] = False
-    obj = build_objective("diffusion", mask_id=1, train_estimator="count")
+    obj = build_objective("diffusion", train_estimator="count")
     loss = obj.loss_sum(model, x, valid, torch.Generator().manual_seed(0)) / valid.sum()
     assert abs(loss.item() - math.log(V)) < 1e-5  # every row contributes exactly L * log V
     counts = (model.inputs[0] == 1).sum(dim=1)

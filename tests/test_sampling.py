@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import sample as cli
+from experiments import sampling
 from experiments.checkpoint import CheckpointError
+from experiments.cli import sample as cli
 from models import ModelConfig, Transformer
 from models.objectives import AutoregressiveObjective
 from models.sampling import (
@@ -256,10 +257,10 @@ def test_kv_cache_generation_equals_full_recompute_under_greedy():
     model = tiny(causal=True, vocab=64)
     prompt = torch.tensor([[5, 9, 11], [7, 3, 20]])
     lengths, handle = recorded_lengths(model)
-    cached = generate(model, prompt, 12, bos_id=EOD, processor=GREEDY, use_cache=True)
+    cached = generate(model, prompt, 12, start_id=EOD, processor=GREEDY, use_cache=True)
     assert lengths == [4] + [1] * 11  # the cache was used: one new token per pass
     lengths.clear()
-    full = generate(model, prompt, 12, bos_id=EOD, processor=GREEDY, use_cache=False)
+    full = generate(model, prompt, 12, start_id=EOD, processor=GREEDY, use_cache=False)
     assert lengths == list(range(4, 16))
     handle.remove()
     assert torch.equal(cached.tokens, full.tokens)
@@ -271,12 +272,12 @@ def test_kv_cache_generation_equals_full_recompute_under_greedy():
 def test_ar_falls_back_to_recompute_without_a_kv_cache():
     model = tiny(causal=True, vocab=64)
     prompt = torch.tensor([[5, 9]])
-    expected = generate(model, prompt, 8, bos_id=EOD, processor=GREEDY).tokens
+    expected = generate(model, prompt, 8, start_id=EOD, processor=GREEDY).tokens
     for block in model.blocks:
         block.attn.core.supports_kv_cache = False  # as an attention kind without a cache
     assert not model.supports_kv_cache
     lengths, handle = recorded_lengths(model)
-    result = generate(model, prompt, 8, bos_id=EOD, processor=GREEDY)
+    result = generate(model, prompt, 8, start_id=EOD, processor=GREEDY)
     handle.remove()
     assert lengths == list(range(3, 11)) and torch.equal(result.tokens, expected)
 
@@ -284,27 +285,27 @@ def test_ar_falls_back_to_recompute_without_a_kv_cache():
 def test_ar_sampling_is_seeded_suppresses_specials_and_respects_seq_len():
     model = tiny(causal=True)
     prompt = torch.tensor([[5, 9]] * 64)
-    a = generate(model, prompt, 10, bos_id=EOD, processor=SUPPRESS, generator=torch.Generator().manual_seed(3))
-    b = generate(model, prompt, 10, bos_id=EOD, processor=SUPPRESS, generator=torch.Generator().manual_seed(3))
+    a = generate(model, prompt, 10, start_id=EOD, processor=SUPPRESS, generator=torch.Generator().manual_seed(3))
+    b = generate(model, prompt, 10, start_id=EOD, processor=SUPPRESS, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.tokens[:, :2], prompt)
     assert not torch.isin(a.tokens, torch.tensor([MASK, PAD])).any()
     with pytest.raises(SamplingError, match="seq_len"):
-        generate(model, prompt, 31, bos_id=EOD)
+        generate(model, prompt, 31, start_id=EOD)
 
 
 # --------------------------------------------------------------------------- scoring
 def test_generative_nll_matches_the_ar_objective_and_conditions_on_the_prompt():
     model = tiny(causal=True, vocab=64)
     x = torch.randint(3, 64, (3, 12), generator=torch.Generator().manual_seed(0))
-    objective = AutoregressiveObjective(bos_id=EOD)
+    objective = AutoregressiveObjective()  # start token [EOD] = 2 (TokenIds)
     expected = objective.loss_sum(model, x, torch.ones_like(x, dtype=torch.bool)) / x.numel()
-    assert cli.generative_nll(model, x, 0, EOD).mean().item() == pytest.approx(expected.item(), rel=1e-5)
-    suffix = objective._token_nll(model, x)[:, 4:].double().mean(dim=1)
-    assert torch.allclose(cli.generative_nll(model, x, 4, EOD), suffix, rtol=1e-5)
+    assert sampling.generative_nll(model, x, 0, EOD).mean().item() == pytest.approx(expected.item(), rel=1e-5)
+    suffix = objective.token_nll(model, x)[:, 4:].double().mean(dim=1)
+    assert torch.allclose(sampling.generative_nll(model, x, 4, EOD), suffix, rtol=1e-5)
 
 
 def test_unigram_entropy_flags_repetition():
-    ent = cli.unigram_entropy(torch.tensor([[3, 3, 3, 3], [3, 4, 3, 4], [3, 4, 5, 6]]))
+    ent = sampling.unigram_entropy(torch.tensor([[3, 3, 3, 3], [3, 4, 3, 4], [3, 4, 5, 6]]))
     assert torch.allclose(ent, torch.tensor([0.0, math.log(2), math.log(4)], dtype=torch.float64))
 
 
@@ -356,17 +357,19 @@ def run_bench(argv: list[str]) -> int:
 
 
 def test_infill_template_placeholders(tokenizer):
-    t = cli.build_template(tokenizer, infill="def [MASK:3](x):[MASK]", seq_len=32)
+    t = sampling.build_template(tokenizer, infill="def [MASK:3](x):[MASK]", seq_len=32)
     ids = t.ids.tolist()
     assert ids.count(MASK) == 4 == t.num_masked and t.prompt_length is None
     assert tokenizer.decode([i for i in ids if i != MASK]) == "def (x):"
-    prefix = cli.build_template(tokenizer, prompt="def ", length=5, seq_len=32)
+    prefix = sampling.build_template(tokenizer, prompt="def ", length=5, seq_len=32)
     assert prefix.ids.tolist()[prefix.prompt_length:] == [MASK] * 5
-    assert cli.build_template(tokenizer, infill="def [MASK:2]", seq_len=32).prompt_length is not None
+    assert sampling.build_template(tokenizer, infill="def [MASK:2]", seq_len=32).prompt_length is not None
     for kwargs, match in [(dict(prompt="def ", length=40), "seq_len=32"), (dict(infill="no holes"), "placeholder"),
-                          (dict(infill="x[MASK]", length=3), "whole template"), (dict(prompt="a[PAD]"), "literal")]:
+                          (dict(infill="x[MASK]", length=3), "whole template"), (dict(prompt="a[PAD]"), "literal"),
+                          (dict(prompt="def " * 40, length=4), "leaves no room to generate"),
+                          (dict(prompt="def \udcff", length=4), "not valid UTF-8")]:
         with pytest.raises(SamplingError, match=match):
-            cli.build_template(tokenizer, seq_len=32, **kwargs)
+            sampling.build_template(tokenizer, seq_len=32, **kwargs)
 
 
 def test_sample_command_prints_samples_and_stats(checkpoints, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +68,7 @@ def test_rerun_skips_a_complete_run_and_refuses_a_different_one(corpus_spec, tmp
     assert "different config (unique_tokens: 800 -> 900)" in capsys.readouterr().err
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, monkeypatch):
+def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, monkeypatch, capsys):
     """Killed after epoch 3's row was written but before its checkpoint: the rerun resumes from
     epoch 2's checkpoint, replaces row 3, and ends with the table of an uninterrupted run."""
     from experiments.evaluation import EvaluationCallback
@@ -83,8 +85,8 @@ def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, mon
             raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(EvaluationCallback, "on_train_epoch_end", crash_after_epoch_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        main(train_args(corpus_spec, part, "diffusion", 1000, 4, *extra))
+    assert main(train_args(corpus_spec, part, "diffusion", 1000, 4, *extra)) == 1  # a bug: traceback, exit 1
+    assert "simulated crash" in capsys.readouterr().err
     assert [r["epochs"] for r in read_csv(part / "results.csv")] == ["1", "2", "3"]
     import torch
 
@@ -117,7 +119,7 @@ def test_each_epoch_has_its_own_order_and_covers_the_budget(corpus_spec, tmp_pat
 
 
 @pytest.mark.parametrize("change, message", [
-    (["--objective", "gpt"], "unknown objective 'gpt'"),
+    (["--objective", "gpt"], "invalid choice: 'gpt'"),
     (["--model", "huge"], "unknown model 'huge'"),
     (["--attention", "magic"], "unknown attention kind 'magic'"),
     (["--corpus", "nope"], "unknown corpus 'nope'"),
@@ -130,7 +132,12 @@ def test_each_epoch_has_its_own_order_and_covers_the_budget(corpus_spec, tmp_pat
     (["--model-arg", "n_layers=3"], "model_args"),
     (["--model-arg", "seq_len=0"], "seq_len must be a positive integer"),
     (["--vocab-size", "100"], "vocab_size must be at least 259"),
-    (["--eval-epochs", "['a']"], "eval_epochs must be a list of positive integers"),
+    (["--eval-epochs", "['a']"], "eval_epochs must be a list of integers"),
+    (["--eval-epochs", "[0, 2]"], "eval_epochs must be a list of positive integers"),
+    (["--model-arg", "attention=nsa"], "model_args may not set attention: use --attention"),
+    (["--schedule", "linear"], "invalid choice: 'linear'"),
+    (["--mc-samples", "8"], "'mc_samples' does not apply to objective 'ar'"),
+    (["--unique-tokens", "20"], "smaller than one training sequence"),
     (["--batch-size", "7", "--devices", "2"], "does not split over 2 ranks"),
     (["--accelerator", "gpu"], "gpu backend"),
 ])
@@ -147,17 +154,121 @@ def test_console_script_exit_code(tmp_path):
     out = tmp_path / "x"
     p = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "--objective", "bogus", "--out", str(out)],
                        capture_output=True, text=True)
-    assert p.returncode == 2 and "unknown objective 'bogus'" in p.stderr and not out.exists()
+    assert p.returncode == 2 and "invalid choice: 'bogus'" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_unreachable_hf_corpus_is_one_line(tmp_path):
     """Offline (as in CI), an hf: corpus that is not cached fails with one line and exit code 2."""
-    import os
-
     out = tmp_path / "hf"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "--corpus", "hf:nonexistent/dataset",
                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and not out.exists()
-    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("crossover train: error: corpus 'hf:nonexistent/dataset' "
-                                                        "could not be loaded")
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert p.stderr.startswith("crossover train: error: corpus 'hf:nonexistent/dataset' could not be loaded")
+
+
+def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_writes_no_nan_row(corpus_spec, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """A loss that turns NaN in epoch 3: exit 3, status diverged, the epoch-2 checkpoint kept and finite."""
+    import json
+
+    import torch
+
+    from models.objectives import MaskedDiffusionObjective
+
+    original = MaskedDiffusionObjective.loss_sum
+
+    def nan_in_epoch_3(self, model, x, valid, generator=None, noise=None):
+        loss = original(self, model, x, valid, generator, noise)
+        return loss * float("nan") if self.epoch_hook() >= 2 else loss
+
+    out = tmp_path / "nan"
+    monkeypatch.setattr(MaskedDiffusionObjective, "loss_sum", nan_in_epoch_3)
+    from experiments.module import LitLM
+
+    start = LitLM.on_train_epoch_start
+
+    def track(self):
+        self.objective.epoch_hook = lambda: self.current_epoch
+        return start(self)
+
+    monkeypatch.setattr(LitLM, "on_train_epoch_start", track)
+    assert main(train_args(corpus_spec, out, "diffusion", 1000, 4, "--eval-epochs", "[1, 2, 3, 4]")) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "run diverged: non-finite training loss (nan) at step" in err[-1]
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+    rows = read_csv(out / "results.csv")
+    assert [r["epochs"] for r in rows] == ["1", "2"] and all(float(r["val_loss"]) < 10 for r in rows)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    from experiments.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out).objective == "diffusion"
+    assert main(train_args(corpus_spec, out, "diffusion", 1000, 4, "--eval-epochs", "[1, 2, 3, 4]")) == 0
+    assert "already diverged" in capsys.readouterr().err
+
+
+def test_huge_learning_rate_diverges_through_the_console(corpus_spec, tmp_path):
+    out = tmp_path / "lr"
+    p = subprocess.run([sys.executable, "-m", "experiments.cli", *train_args(corpus_spec, out, "ar", 1000, 3),
+                        "--lr", "1e6", "--warmup-steps", "1", "--grad-clip", "0"], capture_output=True, text=True)
+    assert p.returncode == 3, p.stderr
+    assert "run diverged: non-finite" in p.stderr.strip().splitlines()[-1] and "Traceback" not in p.stderr
+    import json
+
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+    rows = read_csv(out / "results.csv") if (out / "results.csv").exists() else []
+    assert all(math.isfinite(float(r["val_loss"])) for r in rows)  # no NaN row, whenever it diverged
+
+
+def test_out_that_is_a_file_or_unwritable_is_one_line(corpus_spec, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(train_args(corpus_spec, a_file, "ar", 1000, 1)) == 2
+    assert "is a file" in capsys.readouterr().err
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(train_args(corpus_spec, locked / "run", "ar", 1000, 1))
+        err = capsys.readouterr().err.strip().splitlines()
+        if os.geteuid() == 0:  # root writes anywhere: the run just works
+            assert code == 0
+        else:
+            assert code == 2 and len(err) == 1 and "cannot create output folder" in err[0]
+    finally:
+        locked.chmod(0o700)
+
+
+def test_full_disk_leaves_the_previous_checkpoint_and_table_intact(corpus_spec, tmp_path, capsys):
+    """On a tmpfs that holds one checkpoint but not two (the atomic write needs both): exit 74, one line,
+    and the epoch-1 checkpoint and results table are unchanged. Needs root to mount (skipped otherwise)."""
+    import shutil
+
+    probe = tmp_path / "probe"
+    assert main(train_args(corpus_spec, probe, "ar", 1000, 1)) == 0
+    ckpt_size = (probe / "checkpoints" / "last.ckpt").stat().st_size
+    used = sum(p.stat().st_size for p in probe.rglob("*") if p.is_file())
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    size_kb = (used + ckpt_size // 2) // 1024 + 64
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = mnt / "run"
+        capsys.readouterr()
+        code = main(train_args(corpus_spec, out, "ar", 1000, 3, "--eval-epochs", "[1, 2, 3]"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 74 and "No space left on device" in err[-1], "\n".join(err[-12:])
+        assert "Traceback" not in "\n".join(err)
+        import torch
+
+        assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # epoch 1's
+        assert [r["epochs"] for r in read_csv(out / "results.csv")] in (["1"], ["1", "2"])
+        assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left behind
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)

@@ -87,6 +87,10 @@ class NativeSparseAttention(nn.Module):
         self.gate = nn.Linear(config.d_model, 3 * config.n_head)
         nn.init.zeros_(self.gate.bias)
 
+    @staticmethod
+    def param_count(config: ModelConfig) -> int:
+        return 3 * config.n_head * (config.d_model + 1)  # the gate, with bias
+
     def compressed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Compressed branch: output (B, Hq, T, D) and probabilities (B, Hkv, G, T, Nc) in fp32."""
         B, Hq, T, D = q.shape

@@ -40,6 +40,11 @@ def attention_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def attention_params(config: ModelConfig) -> int:
+    """Parameters of one layer's attention kind (a kind with weights defines ``param_count(config)``)."""
+    return getattr(_REGISTRY[config.attention], "param_count", lambda c: 0)(config)
+
+
 def build_attention(config: ModelConfig) -> nn.Module:
     try:
         factory = _REGISTRY[config.attention]

@@ -1,27 +1,43 @@
-"""Training objectives, each a small module: ``ar`` (next-token CE) and ``diffusion`` (masked ELBO)."""
+"""Training objectives on the shared backbone: autoregressive and masked diffusion.
+
+``OBJECTIVES`` is the registry: name -> objective class. Each class carries its settings class
+(``Objective.Config``), its attention direction (``causal``) and its loss, evaluation and results
+columns. A new objective is one module in this folder and one line below.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from models.objectives.autoregressive import AutoregressiveObjective
-from models.objectives.base import EvalSums, Objective
-from models.objectives.diffusion import MaskedDiffusionObjective
+from models.objectives.autoregressive import ARConfig, AutoregressiveObjective, shift_right
+from models.objectives.base import EvalSums, Objective, ObjectiveConfig, TokenIds
+from models.objectives.diffusion import DiffusionConfig, MaskedDiffusionObjective
+from models.objectives.schedule import LinearSchedule
 
-OBJECTIVES: dict[str, type] = {
+OBJECTIVES: dict[str, type[Objective]] = {
     AutoregressiveObjective.name: AutoregressiveObjective,
     MaskedDiffusionObjective.name: MaskedDiffusionObjective,
 }
 
 
-def build_objective(name: str, **kwargs: Any) -> Objective:
-    """``kwargs``: ``bos_id`` (AR), ``mask_id``, ``eps``, ``mc_samples`` (diffusion); extras are ignored."""
+def objective_class(name: str) -> type[Objective]:
     try:
-        cls = OBJECTIVES[name]
+        return OBJECTIVES[name]
     except KeyError:
         raise KeyError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}") from None
-    return cls(**kwargs)
 
 
-__all__ = ["OBJECTIVES", "AutoregressiveObjective", "EvalSums", "MaskedDiffusionObjective",
-           "Objective", "build_objective"]
+def build_objective(name: str, config: ObjectiveConfig | None = None, ids: TokenIds = TokenIds(),
+                    **settings: Any) -> Objective:
+    """The objective ``name`` with ``config`` (or its ``Config(**settings)``; unknown settings are refused)."""
+    cls = objective_class(name)
+    if config is None:
+        config = cls.Config(**settings)
+    elif settings:
+        raise TypeError("give either a config or settings, not both")
+    return cls(config, ids)
+
+
+__all__ = ["OBJECTIVES", "ARConfig", "AutoregressiveObjective", "DiffusionConfig", "EvalSums", "LinearSchedule",
+           "MaskedDiffusionObjective", "Objective", "ObjectiveConfig", "TokenIds", "build_objective",
+           "objective_class", "shift_right"]

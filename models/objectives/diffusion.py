@@ -1,7 +1,7 @@
 """Masked (absorbing-state) diffusion with a linear schedule: the SMDM / LLaDA / MDLM ELBO.
 
 Forward process: each token is replaced by [MASK] independently with probability t, t in [eps, 1].
-Training: t ~ U(eps, 1) drawn antithetically (stratified) across the batch,
+Training: t ~ U(eps, 1) (``LinearSchedule``) drawn antithetically (stratified) across the batch,
 t_i = eps + (1 - eps) * ((u + i / B) mod 1), and
 
     loss = sum over masked tokens of CE(x_0 | x_t) / t   /   number of valid tokens,
@@ -17,32 +17,64 @@ with it (sum over sequences of the between-draw variance divided by K). See ``ev
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.objectives.base import EvalSums
+from models.objectives.base import EvalSums, Objective, ObjectiveConfig, TokenIds
+from models.objectives.schedule import LinearSchedule
+
+Estimator = Literal["count", "time"]
 
 
-class MaskedDiffusionObjective:
+@dataclass(frozen=True)
+class DiffusionConfig(ObjectiveConfig):
+    """Settings of masked diffusion (the estimators are described in ``MaskedDiffusionObjective``)."""
+
+    eps: float = field(default=1e-3, metadata={"help": "diffusion: smallest masking probability t"})
+    mc_samples: int = field(default=4, metadata={"help": "diffusion: Monte Carlo draws per validation sequence "
+                                                         "for the ELBO"})
+    eval_estimator: Estimator = field(default="count", metadata={
+        "help": "diffusion validation ELBO estimator: count (exactly l masked, weight L/l; lower variance) "
+                "or time (t-stratified, weight 1/t)"})
+    train_estimator: Estimator = field(default="time", metadata={
+        "help": "diffusion training loss: time (t ~ U(eps, 1) stratified, i.i.d. masks, weight 1/t) "
+                "or count (exactly l masked, weight L/l)"})
+
+    def __post_init__(self) -> None:
+        LinearSchedule(self.eps)  # checks eps
+        if self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
+        for name in ("eval_estimator", "train_estimator"):
+            if getattr(self, name) not in ("count", "time"):
+                raise ValueError(f"{name} must be count or time, got {getattr(self, name)!r}")
+
+
+class MaskedDiffusionObjective(Objective):
     name = "diffusion"
     causal = False
+    Config = DiffusionConfig
 
-    def __init__(self, *, mask_id: int, eps: float = 1e-3, mc_samples: int = 4, estimator: str = "count",
-                 train_estimator: str = "time", **_: object):
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {eps}")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}")
-        if estimator not in ("count", "time") or train_estimator not in ("count", "time"):
-            raise ValueError(f"estimators must be 'count' or 'time', got {estimator!r}, {train_estimator!r}")
-        self.mask_id, self.eps, self.mc_samples = mask_id, eps, mc_samples
-        self.estimator, self.train_estimator = estimator, train_estimator
+    def __init__(self, config: DiffusionConfig | None = None, ids: TokenIds = TokenIds()):
+        super().__init__(config, ids)
+        self.schedule = LinearSchedule(self.config.eps)
+
+    @property
+    def eval_passes(self) -> int:
+        return self.config.mc_samples
+
+    def describe(self):
+        c = self.config
+        return {"mc_samples": c.mc_samples, "elbo_weight": {"count": "L/l", "time": "1/t"}[c.eval_estimator],
+                "mask_eps": c.eps}
 
     def _weighted_ce(self, model: nn.Module, x, valid, t, u) -> torch.Tensor:
         """Per-sequence sum of CE / t over masked tokens, for noise levels t (B,) and uniforms u (B, T)."""
         masked = (u.to(x.device) < t[:, None]) & valid  # (B, T)
-        xt = torch.where(masked, torch.full_like(x, self.mask_id), x)
+        xt = torch.where(masked, torch.full_like(x, self.ids.mask), x)
         logits = model(xt)  # (B, T, V)
         ce = F.cross_entropy(logits[masked].float(), x[masked], reduction="none")  # (M,)
         per_token = torch.zeros(x.shape, dtype=ce.dtype, device=x.device)
@@ -64,8 +96,7 @@ class MaskedDiffusionObjective:
         uniform ``offset``: (offset + position / group) mod 1."""
         return (offset + positions / group) % 1.0
 
-    def training_noise(self, row_generators: list[torch.Generator], positions: torch.Tensor, group: int,
-                       offset_generator: torch.Generator, seq_len: int) -> dict[str, torch.Tensor]:
+    def training_noise(self, row_generators, positions, group, offset_generator, seq_len):
         """Noise drawn per row (its own generator) and per optimiser step (the shared offset), so the
         draws do not depend on how a global batch is split over ranks and micro-batches."""
         strata = self.strata(positions, group, torch.rand(1, generator=offset_generator))
@@ -81,14 +112,14 @@ class MaskedDiffusionObjective:
             B = x.shape[0]
             noise = {"strata": self.strata(torch.arange(B), B, torch.rand(1, generator=generator)),
                      "u": torch.rand(x.shape, generator=generator)}
-        if self.train_estimator == "count":
+        if self.config.train_estimator == "count":
             t, u = self.exact_count(noise["strata"], noise["u"], valid)
         else:
-            t, u = self.eps + (1 - self.eps) * noise["strata"], noise["u"]
+            t, u = self.schedule.mask_probability(noise["strata"]), noise["u"]
         return self._weighted_ce(model, x, valid, t.to(x.device), u).sum()
 
-    def evaluate(self, model, x, valid, generator):
-        """K draws per sequence; the estimator is ``self.estimator``:
+    def evaluate(self, model, x, valid, generator=None):
+        """K draws per sequence; the estimator is ``config.eval_estimator``:
 
         * ``"count"`` (default; LLaDA's estimator): draw k masks exactly l_k = ceil((u + k) / K * L) of the
           L valid tokens (stratified counts) and weight the summed CE by L / l_k;
@@ -96,14 +127,14 @@ class MaskedDiffusionObjective:
 
         Both estimate the same continuous-time ELBO (the ``count`` form integrates the binomial mask count
         out exactly, so it has lower variance; ``time`` truncates t below eps)."""
-        B, K = x.shape[0], self.mc_samples
+        B, K = x.shape[0], self.config.mc_samples
         u = torch.rand(B, 1, generator=generator)  # one offset per sequence
         strata = (u + torch.arange(K)) / K  # (B, K), stratified in [0, 1)
         xs = x.repeat_interleave(K, dim=0)  # (B*K, T): the K draws of a sequence are adjacent
         vs = valid.repeat_interleave(K, dim=0)
         scores = torch.rand(xs.shape, generator=generator)
-        if self.estimator == "time":
-            t = self.eps + (1 - self.eps) * strata.reshape(-1)
+        if self.config.eval_estimator == "time":
+            t = self.schedule.mask_probability(strata.reshape(-1))
         else:
             t, scores = self.exact_count(strata.reshape(-1), scores, vs)
         est = self._weighted_ce(model, xs, vs, t.to(x.device), scores)

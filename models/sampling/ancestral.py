@@ -1,6 +1,7 @@
 """MDLM ancestral sampling under the linear schedule used in training, with the ``ddpm_cache`` trick.
 
-Training masks each token with probability t (``models.objectives.diffusion``). The reverse step
+Training masks each token with probability t (``models.objectives.schedule.LinearSchedule``, shared
+with the objective). The reverse step
 from t to s < t on the grid t_i = 1 - i / steps keeps each [MASK] masked with probability s / t and
 otherwise unmasks it to a draw from the model's p(x_0 | x_t): with q = p_0 (t - s) + s [MASK],
 normalised by t, as in MDLM's ``_ddpm_caching_update``. The last step (s = 0) unmasks everything
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from models.objectives.schedule import LinearSchedule
 from models.sampling.base import DiffusionSampler, LogitsProcessor, SamplingError, noise
 
 
@@ -30,14 +32,14 @@ class AncestralSampler(DiffusionSampler):
         self.steps = steps
 
     def _sample(self, forward, x, masked, num_masked, generator):
-        grid = torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64).tolist()  # t_0 = 1 ... t_S = 0
+        grid = LinearSchedule.grid(self.steps)  # t_0 = 1 ... t_S = 0
         committed = []
         for t, s in zip(grid[:-1], grid[1:]):
             still = x == self.mask_id  # (B, T)
             if not still.any():
                 break
             u = noise(x.shape, generator, x.device)  # (B, T)
-            unmask = still & (u < (t - s) / t)  # (B, T): each [MASK] unmasks with probability (t - s) / t
+            unmask = still & (u < LinearSchedule.unmask_probability(t, s))  # (B, T): each [MASK] with (t - s) / t
             if unmask.any():
                 tokens, _ = self._propose(forward(x), unmask, generator)
                 x = torch.where(unmask, tokens, x)

@@ -1,7 +1,7 @@
 """Left-to-right generation from a causal model, with a KV cache when the attention kind has one.
 
-The AR objective trains on input ``[BOS] + x[:-1]`` against target ``x`` (BOS = [EOD]), so the
-model is fed ``[BOS] + prompt`` and each step appends one token drawn from the logits of the last
+The AR objective trains on input ``[START] + x[:-1]`` against target ``x`` (start = [EOD]), so the
+model is fed ``[START] + prompt`` and each step appends one token drawn from the logits of the last
 position. With a KV cache the first pass encodes the whole context and every later pass only the
 newest token; without one (``model.supports_kv_cache`` False, or ``use_cache=False``) every step
 recomputes the full sequence. Both paths compute the same logits, so greedy outputs agree.
@@ -19,14 +19,14 @@ from models.transformer import KVCache
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: torch.Tensor, length: int, *, bos_id: int,
+def generate(model: nn.Module, prompt: torch.Tensor, length: int, *, start_id: int,
              processor: LogitsProcessor | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True) -> SampleResult:
-    """Continue ``prompt`` (B, P) by ``length`` tokens; returns tokens (B, P + L) without the BOS.
+    """Continue ``prompt`` (B, P) by ``length`` tokens; returns tokens (B, P + L) without the start token.
 
     ``model`` maps ids (B, T) (and an optional ``cache``) to logits (B, T, V); one forward pass per
     new token. P may be 0 (unconditional). ``processor`` should suppress [MASK] and [PAD], which the
-    AR model never learned to emit (``experiments.sample.make_processor``); the default suppresses
+    AR model never learned to emit (``experiments.sampling.make_processor``); the default suppresses
     nothing.
     """
     processor = processor or LogitsProcessor()
@@ -36,7 +36,7 @@ def generate(model: nn.Module, prompt: torch.Tensor, length: int, *, bos_id: int
     max_len = getattr(getattr(model, "config", None), "seq_len", None)
     if max_len is not None and P + length > max_len:
         raise SamplingError(f"prompt ({P}) + length ({length}) tokens exceed the model's seq_len={max_len}")
-    seq = torch.cat([torch.full((B, 1), bos_id, dtype=torch.long, device=prompt.device), prompt], dim=1)
+    seq = torch.cat([torch.full((B, 1), start_id, dtype=torch.long, device=prompt.device), prompt], dim=1)
     cache = KVCache() if use_cache and getattr(model, "supports_kv_cache", False) else None
     step_input = seq  # (B, 1 + P): the whole context on the first pass
     for _ in range(length):

@@ -128,7 +128,7 @@ class DiffusionSampler(ABC):
 
     Subclasses implement ``_sample`` and write only at [MASK] positions, so prompt and infill tokens
     come back unchanged; ``__call__`` checks the template and counts the forward passes. The
-    processor must suppress [MASK]; pass one that also suppresses [PAD] (``experiments.sample``
+    processor must suppress [MASK]; pass one that also suppresses [PAD] (``experiments.sampling``
     suppresses both, and [EOD] on request).
     """
 

@@ -1,12 +1,14 @@
 """Load a trained model from a run's Lightning checkpoint, without Lightning or the corpus.
 
 Checkpoints are self-contained: besides the weights they hold the model config, the objective,
-the run config and the tokenizer (``checkpoint["crossover"]``).
+the run config and the tokenizer (``checkpoint["crossover"]``). A Hugging Face folder written by
+``crossover export`` loads the same way (``experiments.export.load_export``), so every consumer
+(``crossover sample``, ``crossover eval``) takes a run folder, a ``.ckpt`` file or an export.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,27 @@ class LoadedRun:
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     config: dict[str, Any]  # the run's resolved RunConfig
     step: int
-    epoch: int
+    epoch: int  # Lightning's 0-based index of the last completed epoch
+    run_id: str = ""  # the run's id in results tables ("" when the checkpoint does not say)
+    path: Path | None = None  # the checkpoint file or export folder it was loaded from
+    info: dict[str, Any] = field(default_factory=dict)  # an export's crossover.json ({} for a checkpoint)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Completed epochs (checkpoints are written at the end of every epoch): ``epoch + 1``,
+        the ``epochs`` value of the results row evaluated on these weights."""
+        return self.epoch + 1
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its ``checkpoints/last.ckpt``)."""
+    """A checkpoint file, an exported folder (itself), or a run folder (its ``checkpoints/last.ckpt``)."""
     p = Path(path)
+    if p.is_dir() and (p / "crossover.json").is_file():
+        return p
     if p.is_dir():
+        if not (p / "checkpoints" / "last.ckpt").is_file():
+            raise CheckpointError(f"{str(path)!r} is neither a run folder (no checkpoints/last.ckpt) nor a crossover "
+                                  "export (no crossover.json)")
         p = p / "checkpoints" / "last.ckpt"
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
@@ -38,13 +54,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedRun:
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    from data.tokenizer import EOD, MASK, PAD
+    from data.tokenizer import from_json
     from models import ModelConfig, Transformer
 
     p = resolve_checkpoint(path)
+    if p.is_dir():
+        from experiments.export import load_export
+
+        return load_export(p, map_location)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as e:
@@ -58,9 +75,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} does not match its model config: {str(e).splitlines()[0]}") from None
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(info["tokenizer_json"]), pad_token=PAD,
-                                        mask_token=MASK, eos_token=EOD, sep_token=EOD,
-                                        clean_up_tokenization_spaces=False)
-    return LoadedRun(model.eval(), hp["objective"], tokenizer, info["config"], ckpt.get("global_step", 0),
-                     ckpt.get("epoch", 0))
+        raise CheckpointError(f"checkpoint {str(p)!r} does not match its model config: "
+                              f"{str(e).splitlines()[0]}") from None
+    return LoadedRun(model.eval(), hp["objective"], from_json(info["tokenizer_json"]), info["config"],
+                     ckpt.get("global_step", 0),
+                     ckpt.get("epoch", 0), run_id=info.get("run_id", ""), path=p)

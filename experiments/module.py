@@ -23,7 +23,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import TQDMProgressBar
 
 from analysis.table import atomic_write, atomic_write_text
 from experiments.config import OptimArgs
@@ -254,15 +253,6 @@ class ProgressFile(L.Callback):
         if trainer.is_global_zero:
             atomic_write_text(self.path, json.dumps({"epoch": trainer.current_epoch + 1, "epochs": self.epochs,
                                                      "step": trainer.global_step}))
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the logger version number."""
-
-    def get_metrics(self, trainer, pl_module):
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
 
 
 def quiet_lightning() -> None:

@@ -79,7 +79,8 @@ def build_trainer(prep: Prepared, folder: RunFolder, run_id: str, show_progress:
     from lightning.pytorch.loggers import CSVLogger
 
     from experiments.evaluation import EvaluationCallback
-    from experiments.module import AtomicCheckpointIO, DivergenceGuard, LitLM, ProgressBar, ProgressFile
+    from experiments.module import AtomicCheckpointIO, DivergenceGuard, LitLM, ProgressFile
+    from experiments.progress import progress_callbacks
 
     plan, cfg, r = prep.plan, prep.plan.cfg, prep.plan.cfg.run
     lit = LitLM(plan.model, plan.objective, cfg.optim, plan.total_steps, cfg.seed, compile=r.compile,
@@ -92,8 +93,8 @@ def build_trainer(prep: Prepared, folder: RunFolder, run_id: str, show_progress:
     checkpoint = ModelCheckpoint(dirpath=folder.checkpoint.parent, filename="last", save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)
     callbacks = [DivergenceGuard(), evaluation, ProgressFile(folder.progress_file, cfg.epochs), checkpoint]
-    if show_progress:
-        callbacks.append(ProgressBar(refresh_rate=max(1, plan.steps_per_epoch // 20)))
+    shown, bar = progress_callbacks(show_progress, steps_per_epoch=plan.steps_per_epoch)  # bar on a TTY, else lines
+    callbacks += shown
     attempt = folder.next_attempt()
     loggers = [CSVLogger(folder.path, name="metrics", version=attempt)]
     try:
@@ -110,7 +111,7 @@ def build_trainer(prep: Prepared, folder: RunFolder, run_id: str, show_progress:
         accumulate_grad_batches=plan.batch.accumulation, gradient_clip_val=cfg.optim.grad_clip or None,
         logger=loggers, callbacks=callbacks, log_every_n_steps=r.log_every_n_steps, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-        enable_progress_bar=show_progress, plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=bar, plugins=[AtomicCheckpointIO()],
     )
     return lit, trainer
 

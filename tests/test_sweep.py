@@ -179,7 +179,8 @@ def test_local_runner_status_failure_isolation_and_rerun(tmp_path, corpus_spec, 
     status = capsys.readouterr().out
     assert "3 done" in status and "1 failed" in status
     rows = table(out)
-    assert len(rows) == 9 and {r["cell"] for r in rows} == {"ar-U600-E3-tiny-dense-s0", "diffusion-U600-E3-tiny-dense-s0",
+    assert len(rows) == 9
+    assert {r["cell"] for r in rows} == {"ar-U600-E3-tiny-dense-s0", "diffusion-U600-E3-tiny-dense-s0",
                                                             "diffusion-U1200-E3-tiny-dense-s0"}
     assert (out / "report" / "summary.md").exists()
     before = (out / "results.csv").read_text()

@@ -38,7 +38,9 @@ def build_parser() -> Parser:
     runs.register(sub)
     sample.register(sub)
     bench.register(sub)
+    from experiments.cli import ecosystem  # export (Hugging Face) and eval (lm-evaluation-harness)
 
+    ecosystem.register(sub)
     return parser
 
 

@@ -113,7 +113,7 @@ def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
     cell = next(c for c in load_spec(root).cells() if c.id == cell_id)
     folder = RunFolder(cell.folder(root))
     folder.path.parent.mkdir(parents=True, exist_ok=True)
-    run = dataclasses.replace(cell.config.run, threads=cell.config.run.threads or threads, progress=False)
+    run = dataclasses.replace(cell.config.run, threads=cell.config.run.threads or threads)
     cfg = dataclasses.replace(cell.config, run=run)
     try:
         train(cfg, folder.path, run_id=cell.id, on_start=lambda f: f.take_lock())

@@ -1,9 +1,10 @@
 """The sampler speed/quality frontier (``crossover bench sample``): drawn from the bench's rows only.
 
-Each row is one decoding setting: ``sampler`` ("ar" for the autoregressive reference, else the
-diffusion sampler's name), ``steps`` or ``threshold``, ``forward_passes_per_token``, ``tokens_per_s``
+Each row is one decoding setting: ``model`` (the checkpoint's family, e.g. ``diffusion`` or
+``block_diffusion-b4``), ``sampler`` ("ar" for the autoregressive reference, else the diffusion
+sampler's name), ``steps`` or ``threshold``, ``forward_passes_per_token``, ``tokens_per_s``
 and ``gen_nll`` (generative NLL of the samples under the AR model, nats/token). Samplers are drawn
-in the order they first appear in the rows.
+in the order they first appear in the rows, one series per (model, sampler).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ def plot_frontier(rows: list[dict[str, Any]], out: Path, title: str) -> list[Pat
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    names = list(dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "ar"))
+    series = list(dict.fromkeys((r.get("model", ""), r["sampler"]) for r in rows if r["sampler"] != "ar"))
+    several = len({m for m, _ in series}) > 1
     ar = next(r for r in rows if r["sampler"] == "ar")
     for ax, key, label in ((axes[0], "forward_passes_per_token", "forward passes per generated token"),
                            (axes[1], "tokens_per_s", "throughput (generated tokens/s, batch 1)")):
-        for name in names:
-            pts = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r[key])
-            ax.plot([r[key] for r in pts], [r["gen_nll"] for r in pts], marker="o", label=name)
+        for model, name in series:
+            pts = sorted((r for r in rows if (r.get("model", ""), r["sampler"]) == (model, name)), key=lambda r: r[key])
+            ax.plot([r[key] for r in pts], [r["gen_nll"] for r in pts], marker="o",
+                    label=f"{model}: {name}" if several else name)
         ax.scatter([ar[key]], [ar["gen_nll"]], marker="*", s=220, color="black", zorder=5, label="AR (KV cache)")
         # passes per token fall on powers of two (steps = length/1, /2, /4, ...); plain numbers on both axes
         ax.set_xscale("log", base=2 if key == "forward_passes_per_token" else 10)

@@ -233,6 +233,7 @@ class RunConfig:
     def validate(self) -> None:
         """Cheap checks of names and ranges (corpus-dependent checks happen when data is prepared)."""
         from models.attention import attention_kinds
+        from models.attention.registry import supports_mask
         from models.config import PRESETS
 
         if self.model not in PRESETS:
@@ -240,6 +241,10 @@ class RunConfig:
         if self.attention not in attention_kinds():
             raise ConfigError(f"unknown attention kind {self.attention!r}; choose from {', '.join(attention_kinds())}")
         _positive(self, "unique_tokens", "epochs")
+        if objective_class(self.objective).needs_attention_mask and not supports_mask(self.attention):
+            masked = ", ".join(k for k in attention_kinds() if supports_mask(k))
+            raise ConfigError(f"objective {self.objective!r} needs an attention kind that takes a mask ({masked}), "
+                              f"not {self.attention!r}")
         for group in (self.data, self.optim, self.eval, self.run):
             group.check()
         clash = sorted(set(self.model_args) & set(FIRST_CLASS_MODEL_FIELDS))

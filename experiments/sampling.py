@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from experiments.devices import synchronize
 from models.objectives import objective_class, shift_right
 from models.sampling import (
     SAMPLER_OPTIONS,
+    BlockDiffusionSampler,
     LogitsProcessor,
     SampleResult,
     SamplingError,
@@ -120,18 +122,63 @@ def torch_device(name: str) -> torch.device:
     return dev
 
 
+def family(run: LoadedRun) -> str:
+    """The run's objective, with its block size for block diffusion (``block_diffusion-b4``)."""
+    b = _block_size(run)
+    return f"{run.objective}-b{b}" if b else run.objective
+
+
+def _block_size(run: LoadedRun) -> int | None:
+    settings = run.config.get(run.objective) if isinstance(run.config, dict) else None
+    return settings.get("block_size") if isinstance(settings, dict) else None
+
+
+def _diffusion_decoder(run: LoadedRun, sampler: str, options: dict[str, Any], processor: LogitsProcessor,
+                       num_masked: int) -> Callable:
+    """A masked-diffusion sampler over the whole template; steps default to the tokens to generate."""
+    if options.get("steps") is None and "steps" in SAMPLER_OPTIONS[sampler]:
+        options = {**options, "steps": num_masked}
+    return build_sampler(sampler, mask_id=run.tokenizer.mask_token_id, processor=processor, **options)
+
+
+def _block_decoder(run: LoadedRun, sampler: str, options: dict[str, Any], processor: LogitsProcessor,
+                   num_masked: int) -> Callable:
+    """Block diffusion: blocks of the checkpoint's size left to right, ``sampler`` inside each block with
+    ``steps`` per block (default: the block size)."""
+    b = _block_size(run)
+    if options.get("block_length") is not None:
+        raise SamplingError(f"--block-length does not apply to a block diffusion checkpoint: its blocks are {b} "
+                            "tokens")
+    return BlockDiffusionSampler(b, sampler, mask_id=run.tokenizer.mask_token_id, processor=processor,
+                                 steps=options.get("steps"), threshold=options.get("threshold"))
+
+
+#: how a checkpoint of each non-causal objective decodes a template (causal ones decode left to right)
+DECODERS: dict[str, Callable] = {"diffusion": _diffusion_decoder, "block_diffusion": _block_decoder}
+
+
+def decoder(run: LoadedRun, sampler: str, options: dict[str, Any], processor: LogitsProcessor,
+            num_masked: int) -> Callable:
+    """``(model, template (B, T), generator) -> SampleResult`` for a non-causal run."""
+    if run.objective not in DECODERS:
+        raise SamplingError(f"no sampler for objective {run.objective!r}")
+    return DECODERS[run.objective](run, sampler, {k: v for k, v in options.items() if v is not None}, processor,
+                                   num_masked)
+
+
 def generate_samples(run: LoadedRun, template: Template, num: int, *, processor: LogitsProcessor,
                      sampler: str = "ancestral", options: dict[str, Any] | None = None, seed: int = 0,
                      device: str = "cpu") -> tuple[SampleResult, float]:
-    """``num`` samples of ``template`` in one batch, and the seconds they took."""
+    """``num`` samples of ``template`` in one batch, and the seconds they took. ``options`` (steps,
+    block_length, threshold; None for the default) apply to the sampler of a non-causal run."""
     if num < 1:
         raise SamplingError(f"--num must be at least 1, got {num}")
     causal = objective_class(run.objective).causal
     if causal and template.prompt_length is None:
         raise SamplingError("an AR checkpoint cannot infill: it only continues a prompt (use a diffusion checkpoint)")
     if not causal:
-        diffusion = build_sampler(sampler, mask_id=run.tokenizer.mask_token_id, processor=processor,
-                                  **(options or {}))
+        parallel = decoder(run, sampler, options or {}, processor, template.num_masked)
+        parallel.check(template.num_masked)
     dev = torch_device(device)
     model = run.model.to(dev)
     generator = torch.Generator(dev).manual_seed(seed)
@@ -143,17 +190,9 @@ def generate_samples(run: LoadedRun, template: Template, num: int, *, processor:
             result = generate(model, ids[:, :P], ids.shape[1] - P, start_id=run.tokenizer.eos_token_id,
                               processor=processor, generator=generator)
         else:
-            result = diffusion(model, ids, generator)
+            result = parallel(model, ids, generator)
     synchronize(dev)
     return result, time.perf_counter() - start
-
-
-def sampler_options(sampler: str, *, steps: int | None, block_length: int | None, threshold: float | None,
-                    num_masked: int) -> dict[str, Any]:
-    """The options given for ``sampler``; steps default to the number of tokens to generate."""
-    if steps is None and "steps" in SAMPLER_OPTIONS[sampler]:
-        steps = num_masked
-    return {"steps": steps, "block_length": block_length, "threshold": threshold}
 
 
 # --------------------------------------------------------------------------- scoring
@@ -175,62 +214,68 @@ def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- bench sample
-def load_kind(path: str, objective: str, role: str) -> LoadedRun:
-    """The run at ``path``, refused unless its objective is ``objective`` (``role`` names it in the error)."""
+def load_kind(path: str, objectives: tuple[str, ...], role: str) -> LoadedRun:
+    """The run at ``path``, refused unless its objective is one of ``objectives`` (``role`` names it)."""
     run = load_checkpoint(path)
-    if run.objective != objective:
-        raise CheckpointError(f"{role} {path!r} holds a {run.objective!r} run; {role} must be a {objective!r} "
-                              "checkpoint")
+    if run.objective not in objectives:
+        raise CheckpointError(f"{role} {path!r} holds a {run.objective!r} run; {role} must be a "
+                              f"{' or '.join(map(repr, objectives))} checkpoint")
     return run
 
 
-def bench_points(samplers: list[str], steps: list[int], thresholds: list[float],
-                 block_length: int | None) -> list[tuple[str, dict[str, Any]]]:
-    """(sampler, options) of every diffusion point of the bench."""
+def bench_points(run: LoadedRun, samplers: list[str], steps: list[int], thresholds: list[float],
+                 block_length: int | None, num_masked: int) -> list[tuple[str, dict[str, Any]]]:
+    """(sampler, options) of every point of the bench for a non-causal ``run``. ``steps`` are total
+    denoising steps; a block-diffusion run spreads them over its blocks (ceil(steps / blocks) each)."""
+    b = _block_size(run)
+    blocks = -(-num_masked // b) if b else 1
     points = []
     for name in samplers:
         if name == "threshold":
-            points += [(name, {"threshold": t, "block_length": block_length}) for t in thresholds]
+            extra = {} if b else {"block_length": block_length}
+            points += [(name, {"threshold": t, **extra}) for t in thresholds]
         else:
-            block = {"block_length": block_length} if name == "remask" else {}
-            points += [(name, {"steps": s, **block}) for s in steps]
-    return points
+            extra = {"block_length": block_length} if name == "remask" and not b else {}
+            points += [(name, {"steps": -(-s // blocks), **extra}) for s in steps]
+    return list({repr(p): p for p in points}.values())  # per-block steps may coincide
 
 
-def bench_sample(ar: LoadedRun, diffusion: LoadedRun, template: Template, points: list[tuple[str, dict[str, Any]]],
-                 *, num: int, seed: int, processor: LogitsProcessor, device: str = "cpu") -> list[dict[str, Any]]:
-    """One row for AR's point, then one per diffusion (sampler, options) point, all scored by the AR model.
+def bench_sample(ar: LoadedRun, parallel: list[LoadedRun], template: Template,
+                 points: list[list[tuple[str, dict[str, Any]]]], *, num: int, seed: int, processor: LogitsProcessor,
+                 device: str = "cpu") -> list[dict[str, Any]]:
+    """One row for AR's point, then one per (run, sampler, options) point of each non-causal run in
+    ``parallel`` (its points in ``points``), all scored by the AR model.
 
     Every point decodes the same ``num`` seeds one sample at a time (batch 1), so forward passes per
     token are exact per sample and tokens/s is single-sequence throughput, as Fast-dLLM measures it.
     """
     if template.prompt_length is None:
         raise SamplingError("bench sample needs a prompt template (AR cannot infill)")
-    for name, options in points:  # refuse impossible settings before decoding anything
-        build_sampler(name, mask_id=diffusion.tokenizer.mask_token_id, processor=processor, **options).check(
-            template.num_masked)
-    rows = []
-    for name, options in [("ar", {})] + points:
-        run = ar if name == "ar" else diffusion
-        results, seconds = [], 0.0
-        for i in range(num):
-            result, s = generate_samples(run, template, 1, processor=processor, sampler=name, options=options,
-                                         seed=seed + i, device=device)
-            results.append(result)
-            seconds += s
-        tokens = torch.cat([r.tokens for r in results])  # (num, P + L)
-        nll = generative_nll(ar.model.to(tokens.device), tokens, template.prompt_length,
-                             ar.tokenizer.eos_token_id).cpu()
-        generated = num * template.num_masked
-        rows.append({
-            "sampler": name, "steps": options.get("steps"), "threshold": options.get("threshold"),
-            "block_length": options.get("block_length"), "samples": num, "new_tokens": template.num_masked,
-            "forward_passes_per_token": sum(r.forward_passes for r in results) / generated,
-            "tokens_per_s": generated / seconds,
-            "gen_nll": nll.mean().item(), "gen_nll_se": (nll.std() / math.sqrt(num)).item() if num > 1 else 0.0,
-            "gen_ppl": math.exp(nll.mean().item()),
-            "entropy": unigram_entropy(tokens[:, template.prompt_length:].cpu()).mean().item(),
-        })
-    return rows
+    for run, run_points in zip(parallel, points):  # refuse impossible settings before decoding anything
+        for name, options in run_points:
+            decoder(run, name, options, processor, template.num_masked).check(template.num_masked)
+    todo = [(ar, "ar", {})] + [(run, n, o) for run, run_points in zip(parallel, points) for n, o in run_points]
+    return [_bench_row(ar, run, name, options, template, num=num, seed=seed, processor=processor, device=device)
+            for run, name, options in todo]
 
 
+def _bench_row(ar: LoadedRun, run: LoadedRun, name: str, options: dict[str, Any], template: Template, *, num: int,
+               seed: int, processor: LogitsProcessor, device: str) -> dict[str, Any]:
+    results, seconds = [], 0.0
+    for i in range(num):
+        result, s = generate_samples(run, template, 1, processor=processor, sampler=name, options=options,
+                                     seed=seed + i, device=device)
+        results.append(result)
+        seconds += s
+    tokens = torch.cat([r.tokens for r in results])  # (num, P + L)
+    nll = generative_nll(ar.model.to(tokens.device), tokens, template.prompt_length, ar.tokenizer.eos_token_id).cpu()
+    generated = num * template.num_masked
+    return {
+        "model": family(run), "sampler": name, "steps": options.get("steps"), "threshold": options.get("threshold"),
+        "block_length": options.get("block_length"), "samples": num, "new_tokens": template.num_masked,
+        "forward_passes_per_token": sum(r.forward_passes for r in results) / generated,
+        "tokens_per_s": generated / seconds,
+        "gen_nll": nll.mean().item(), "gen_nll_se": (nll.std() / math.sqrt(num)).item() if num > 1 else 0.0,
+        "gen_ppl": math.exp(nll.mean().item()),
+        "entropy": unigram_entropy(tokens[:, template.prompt_length:].cpu()).mean().item(),
+    }

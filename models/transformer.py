@@ -7,7 +7,10 @@ grouped-query attention, tied input/output embeddings, no biases. Attention is p
 Deviations from nanoGPT: no learned position embeddings (RoPE), no biases, RMSNorm, SwiGLU, and
 the causal mask is a config flag: ``causal=True`` is the AR model, ``causal=False`` the diffusion
 model. The class is never copied to flip causality. The model knows nothing of objectives: it maps
-token ids to logits; ``models.objectives`` decides what the inputs and targets are.
+token ids to logits; ``models.objectives`` decides what the inputs and targets are. An objective whose
+attention is neither causal nor bidirectional (block diffusion) passes per call the RoPE
+``positions`` (they may repeat) and a ``mask`` (``BlockMask``: block lists), which the attention kind
+applies instead of the flag (dense attention only).
 
 Shapes: B batch, T sequence, C = d_model, H query heads, G key/value heads, D = C // H head dim,
 V vocabulary.
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import build_attention
+from models.attention.block_sparse import BlockMask
 from models.attention.registry import attention_params
 from models.config import ModelConfig
 
@@ -51,6 +55,11 @@ class KVCache:
     def length(self) -> int:
         return 0 if not self.layers or self.layers[0] is None else self.layers[0][0].shape[2]
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions only (block diffusion caches clean blocks, never the
+        noised block that was decoded with them)."""
+        self.layers = [None if kv is None else (kv[0][:, :, :length], kv[1][:, :, :length]) for kv in self.layers]
+
 
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -64,7 +73,7 @@ class SelfAttention(nn.Module):
         self.core = build_attention(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask: BlockMask | None = None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, G, T, D)
@@ -80,7 +89,12 @@ class SelfAttention(nn.Module):
                 cache.layers[layer] = (k, v)
             else:
                 cache.layers.append((k, v))
-        y = self.core(q, k, v, x)  # (B, H, T, D)
+        if mask is None:
+            y = self.core(q, k, v, x)  # (B, H, T, D)
+        elif getattr(self.core, "supports_mask", False):
+            y = self.core(q, k, v, x, mask=mask)  # (B, H, T, D)
+        else:
+            raise ValueError(f"attention kind {type(self.core).__name__} takes no attention mask (use dense)")
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, C)
         return self.drop(self.wo(y))
 
@@ -105,8 +119,8 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.attn(self.norm1(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, layer, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -137,17 +151,38 @@ class Transformer(nn.Module):
     def supports_kv_cache(self) -> bool:
         return all(getattr(b.attn.core, "supports_kv_cache", False) for b in self.blocks)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: BlockMask | None = None, logits_to_keep: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of ids ``idx`` (B, T).
+
+        Optional, for objectives whose attention is neither causal nor bidirectional (block diffusion):
+        ``positions`` (T,) or (B, T) long, the RoPE positions of the tokens (default: ``cache.length``
+        onwards; they may repeat); ``mask`` the attention mask (``BlockMask``, replaces the config's
+        causal flag; dense attention only); ``logits_to_keep``: logits of the last that many tokens only,
+        (B, logits_to_keep, V).
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.config.seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds seq_len={self.config.seq_len}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
+        if positions is None:
+            if start + T > self.config.seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds seq_len={self.config.seq_len}")
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
+        else:
+            cos, sin = self._rope_at(positions)  # (T, D/2) or (B, 1, T, D/2)
         x = self.drop(self.wte(idx))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, i)
+            x = block(x, cos, sin, cache, i, mask)
+        if logits_to_keep is not None:
+            x = x[:, T - logits_to_keep :]  # (B, logits_to_keep, C)
         x = self.norm(x)
         return F.linear(x, self.wte.weight)  # (B, T, V), tied head
+
+    def _rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin at explicit positions: (T,) -> (T, D/2); (B, T) -> (B, 1, T, D/2) (broadcast over heads)."""
+        if int(positions.max()) >= self.config.seq_len or int(positions.min()) < 0:
+            raise ValueError(f"positions must lie in [0, seq_len={self.config.seq_len})")
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        return (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; ``non_embedding`` leaves out the (tied) token embedding matrix."""
@@ -165,3 +200,4 @@ def count_params(config: ModelConfig, non_embedding: bool = False) -> int:
     block = 2 * C + 2 * C * config.n_head * D + 2 * C * config.n_kv_head * D + 3 * C * F_ + attention_params(config)
     n = config.n_layer * block + C
     return n if non_embedding else n + config.vocab_size * C
+

@@ -40,6 +40,7 @@ def test_settings_of_another_objective_are_checked_and_ignored():
     ({"model_args": {"causal": False}}, "model_args may not set causal"),
     ({"attn_topk": 0}, "attn_topk must be a positive integer"),
     ({"beta2": 1.0}, "beta2 must lie in [0, 1)"),
+    ({"objective": "block_diffusion", "attention": "topk"}, "needs an attention kind that takes a mask (dense)"),
 ])
 def test_wrong_values_are_refused_by_type_and_owner(d, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

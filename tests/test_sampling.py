@@ -330,8 +330,11 @@ def write_checkpoint(path, tokenizer, objective: str, seed: int = 0):
                       causal=objective == "ar")
     torch.manual_seed(seed)
     model = Transformer(cfg)
+    config = {"objective": objective}
+    if objective == "block_diffusion":
+        config["block_diffusion"] = {"block_size": 4}
     torch.save({"hyper_parameters": {"model_config": cfg.to_dict(), "objective": objective},
-                "crossover": {"run_id": path.stem, "config": {"objective": objective},
+                "crossover": {"run_id": path.stem, "config": config,
                               "tokenizer_json": tokenizer.backend_tokenizer.to_str()},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "global_step": 0, "epoch": 0}, path)
@@ -341,7 +344,8 @@ def write_checkpoint(path, tokenizer, objective: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: str(write_checkpoint(root / f"{name}.ckpt", tokenizer, name)) for name in ("ar", "diffusion")}
+    return {name: str(write_checkpoint(root / f"{name}.ckpt", tokenizer, name))
+            for name in ("ar", "diffusion", "block_diffusion")}
 
 
 def run_sample(argv: list[str]) -> int:
@@ -428,3 +432,23 @@ def test_bench_sample_writes_table_and_figure(checkpoints, tmp_path, capsys):
     assert all(r["gen_nll"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["entropy"] <= math.log(8) + 1e-9 for r in rows)
     assert (tmp_path / "bench_sample.png").stat().st_size > 0 and (tmp_path / "bench_sample.pdf").exists()
     assert len(table.splitlines()) == 2 + len(rows)
+
+
+def test_block_diffusion_checkpoints_sample_block_by_block_and_join_the_bench(checkpoints, tmp_path, capsys):
+    assert run_sample([checkpoints["block_diffusion"], "--sampler", "remask", "--prompt", "def ", "--length", "8",
+                       "--num", "2", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "block_diffusion-b4 remask" in err and "forward passes" in err
+    with pytest.raises(SamplingError, match="--block-length does not apply"):
+        run_sample([checkpoints["block_diffusion"], "--block-length", "4", "--length", "8"])
+    assert run_bench([checkpoints["ar"], checkpoints["diffusion"], checkpoints["block_diffusion"], "--length", "8",
+                      "--num", "1", "--steps", "8", "4", "--samplers", "ancestral", "remask",
+                      "--prompt", "def ", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_sample.json").read_text())["rows"]
+    block = [r for r in rows if r["model"] == "block_diffusion-b4"]
+    # 8 tokens in 2 blocks of 4: 8 total steps -> 4 per block, 4 total -> 2 per block
+    assert [(r["sampler"], r["steps"]) for r in block] == [("ancestral", 4), ("ancestral", 2), ("remask", 4),
+                                                            ("remask", 2)]
+    remask = {r["steps"]: r["forward_passes_per_token"] for r in block if r["sampler"] == "remask"}
+    assert remask[4] == 1.0 and remask[2] < 1.0  # a pass per token at steps = block size; fewer passes below it
+    assert {r["model"] for r in rows} == {"ar", "diffusion", "block_diffusion-b4"}

@@ -201,4 +201,4 @@ def test_submitit_local_executor(tmp_path, corpus_spec):
 def test_every_preset_expands(name):
     cells = SweepSpec.load(name).cells()  # validates every cell's config; builds no model
     assert {c.config.objective for c in cells} >= {"ar", "diffusion"}
-    assert len({c.id for c in cells}) == len(cells) and len({c.config.unique_tokens for c in cells}) >= 2
+    assert len({c.id for c in cells}) == len(cells) >= 2

@@ -40,6 +40,11 @@ def attention_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def supports_mask(name: str) -> bool:
+    """Whether the attention kind ``name`` takes an explicit mask (``supports_mask``; block diffusion)."""
+    return bool(getattr(_REGISTRY[name], "supports_mask", False))
+
+
 def attention_params(config: ModelConfig) -> int:
     """Parameters of one layer's attention kind (a kind with weights defines ``param_count(config)``)."""
     return getattr(_REGISTRY[config.attention], "param_count", lambda c: 0)(config)

@@ -1,4 +1,4 @@
-"""Training objectives on the shared backbone: autoregressive and masked diffusion.
+"""Training objectives on the shared backbone: autoregressive, masked diffusion and block diffusion.
 
 ``OBJECTIVES`` is the registry: name -> objective class. Each class carries its settings class
 (``Objective.Config``), its attention direction (``causal``) and its loss, evaluation and results
@@ -11,12 +11,14 @@ from typing import Any
 
 from models.objectives.autoregressive import ARConfig, AutoregressiveObjective, shift_right
 from models.objectives.base import EvalSums, Objective, ObjectiveConfig, TokenIds
+from models.objectives.block_diffusion import BlockDiffusionConfig, BlockDiffusionObjective
 from models.objectives.diffusion import DiffusionConfig, MaskedDiffusionObjective
 from models.objectives.schedule import LinearSchedule
 
 OBJECTIVES: dict[str, type[Objective]] = {
     AutoregressiveObjective.name: AutoregressiveObjective,
     MaskedDiffusionObjective.name: MaskedDiffusionObjective,
+    BlockDiffusionObjective.name: BlockDiffusionObjective,
 }
 
 
@@ -38,6 +40,7 @@ def build_objective(name: str, config: ObjectiveConfig | None = None, ids: Token
     return cls(config, ids)
 
 
-__all__ = ["OBJECTIVES", "ARConfig", "AutoregressiveObjective", "DiffusionConfig", "EvalSums", "LinearSchedule",
+__all__ = ["OBJECTIVES", "ARConfig", "AutoregressiveObjective", "BlockDiffusionConfig", "BlockDiffusionObjective",
+           "DiffusionConfig", "EvalSums", "LinearSchedule",
            "MaskedDiffusionObjective", "Objective", "ObjectiveConfig", "TokenIds", "build_objective",
            "objective_class", "shift_right"]

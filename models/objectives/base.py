@@ -57,6 +57,8 @@ class Objective:
     causal: ClassVar[bool]
     #: the objective's settings class
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    #: whether the objective passes its own attention mask to the backbone (only some attention kinds take one)
+    needs_attention_mask: ClassVar[bool] = False
 
     def __init__(self, config: ObjectiveConfig | None = None, ids: TokenIds = TokenIds()):
         self.config = config if config is not None else self.Config()

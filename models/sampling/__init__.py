@@ -1,4 +1,5 @@
-"""Samplers: AR generation with a KV cache, and three masked-diffusion samplers behind one interface.
+"""Samplers: AR generation with a KV cache, three masked-diffusion samplers behind one interface, and
+block diffusion (``BlockDiffusionSampler``: blocks left to right, one of the three inside each block).
 
 A diffusion sampler is called as ``sampler(model, template, generator) -> SampleResult``, where the
 template (B, T) holds [MASK] wherever to generate: a prompt followed by [MASK]s, or fixed tokens
@@ -10,6 +11,7 @@ from __future__ import annotations
 from models.sampling.ancestral import AncestralSampler
 from models.sampling.autoregressive import generate
 from models.sampling.base import DiffusionSampler, LogitsProcessor, SampleResult, SamplingError
+from models.sampling.block import BLOCK_SAMPLER_OPTIONS, BlockDiffusionSampler
 from models.sampling.remask import RemaskSampler
 from models.sampling.threshold import ThresholdSampler
 
@@ -41,5 +43,6 @@ def build_sampler(name: str, *, mask_id: int, processor: LogitsProcessor | None 
     return SAMPLERS[name](mask_id=mask_id, processor=processor, **given)
 
 
-__all__ = ["SAMPLERS", "SAMPLER_OPTIONS", "AncestralSampler", "DiffusionSampler", "LogitsProcessor",
+__all__ = ["BLOCK_SAMPLER_OPTIONS", "SAMPLERS", "SAMPLER_OPTIONS", "AncestralSampler", "BlockDiffusionSampler",
+           "DiffusionSampler", "LogitsProcessor",
            "RemaskSampler", "SampleResult", "SamplingError", "ThresholdSampler", "build_sampler", "generate"]

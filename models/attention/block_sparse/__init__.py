@@ -146,6 +146,65 @@ def topk_block_lists(
     return torch.where(ids == n_keys, 0, ids).int(), valid.sum(-1).int()
 
 
+def block_lists(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block lists of a block-level mask: ``visible`` (..., Nq, Nk) bool -> ``kv_indices`` (..., Nq, S) int32
+    (the visible key blocks of each row in increasing order, 0 past the count; S = the largest count)
+    and ``kv_counts`` (..., Nq) int32."""
+    n_keys = visible.shape[-1]
+    counts = visible.sum(-1)  # (..., Nq)
+    ids = torch.where(visible, torch.arange(n_keys, device=visible.device), n_keys).sort(dim=-1).values
+    ids = ids[..., : max(int(counts.max()), 1)]  # invisible blocks sorted to the end, cut off
+    return torch.where(ids == n_keys, 0, ids).int(), counts.int()
+
+
+class BlockMask:
+    """A block-structured attention mask, the optional ``mask`` argument of an attention kind.
+
+    The queries are the last ``q_len`` of ``k_len`` key positions (``q_len == k_len`` in training,
+    fewer with a KV cache), and ``k_len - q_len`` is a multiple of ``block_size``. Query block ``i``
+    (query tokens ``i*L .. i*L+L-1``, L = block_size) sees every token of the key blocks
+    ``kv_indices[i, :kv_counts[i]]`` (key tokens ``j*L ..``), nothing else: the lists of
+    ``block_sparse_attention`` (design contract 6), shared by the batch and the heads. The last
+    query block and the last key block may be partial. ``dense()`` is the same mask token by token
+    (Tq, Tk) bool, for SDPA.
+    """
+
+    def __init__(self, kv_indices: torch.Tensor, kv_counts: torch.Tensor, block_size: int, q_len: int, k_len: int):
+        n_q = -(-q_len // block_size)
+        if kv_indices.shape[0] != n_q or kv_counts.shape != (n_q,) or (k_len - q_len) % block_size or q_len > k_len:
+            raise ValueError(f"block lists {tuple(kv_indices.shape)} do not fit {q_len} queries over {k_len} keys "
+                             f"in blocks of {block_size}")
+        self.kv_indices, self.kv_counts = kv_indices, kv_counts  # (Nq, S), (Nq,) int32
+        self.block_size, self.q_len, self.k_len = block_size, q_len, k_len
+        self._dense: torch.Tensor | None = None
+
+    @classmethod
+    def from_visible(cls, visible: torch.Tensor, block_size: int, q_len: int, k_len: int) -> BlockMask:
+        """From a block-level mask ``visible`` (Nq, Nk) bool."""
+        return cls(*block_lists(visible), block_size=block_size, q_len=q_len, k_len=k_len)
+
+    def block_visible(self) -> torch.Tensor:
+        """(Nq, Nk) bool: query block i sees key block j."""
+        n_k = -(-self.k_len // self.block_size)
+        slots = torch.arange(self.kv_indices.shape[1], device=self.kv_indices.device) < self.kv_counts[:, None]
+        out = torch.zeros(self.kv_indices.shape[0], n_k, dtype=torch.int32, device=self.kv_indices.device)
+        return out.scatter_add_(1, self.kv_indices.long(), slots.int()) > 0
+
+    def dense(self) -> torch.Tensor:
+        """(Tq, Tk) bool token mask (computed once)."""
+        if self._dense is None:
+            dev = self.kv_indices.device
+            q_blk = torch.arange(self.q_len, device=dev) // self.block_size  # (Tq,)
+            k_blk = torch.arange(self.k_len, device=dev) // self.block_size  # (Tk,)
+            self._dense = self.block_visible()[q_blk][:, k_blk]
+        return self._dense
+
+    def lists(self, batch: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lists expanded to the op's (B, Hkv, Nq, S) and (B, Hkv, Nq)."""
+        n, s = self.kv_indices.shape
+        return self.kv_indices.expand(batch, heads, n, s), self.kv_counts.expand(batch, heads, n)
+
+
 def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """(..., T, D) -> (..., ceil(T / block_size), D): mean over the tokens of each block (a partial
     last block is averaged over its real tokens)."""
@@ -173,6 +232,8 @@ def query_block_sums(x: torch.Tensor, block_size: int, causal: bool) -> torch.Te
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
+    "BlockMask",
+    "block_lists",
     "block_means",
     "block_sparse_attention",
     "block_sparse_attention_torch",

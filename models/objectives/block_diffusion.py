@@ -53,42 +53,27 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.attention.block_sparse import BlockMask
-from models.objectives.base import EvalSums, Objective, ObjectiveConfig, TokenIds
-from models.objectives.schedule import LinearSchedule
-
-Estimator = Literal["count", "time"]
+from models.objectives.base import EvalSums
+from models.objectives.diffusion import DiffusionConfig, MaskedDiffusionObjective
 
 
 @dataclass(frozen=True)
-class BlockDiffusionConfig(ObjectiveConfig):
-    """Settings of block diffusion (the others mean what they mean for ``diffusion``, per block)."""
+class BlockDiffusionConfig(DiffusionConfig):
+    """Settings of block diffusion: the diffusion objective's (applied per block) plus the block size."""
 
     block_size: int = field(default=16, metadata={
         "help": "block diffusion: tokens per block b (1: autoregression, >= seq_len: masked diffusion)"})
-    eps: float = field(default=1e-3, metadata={"help": "diffusion: smallest masking probability t"})
-    mc_samples: int = field(default=4, metadata={"help": "diffusion: Monte Carlo draws per validation sequence "
-                                                         "for the ELBO"})
-    eval_estimator: Estimator = field(default="count", metadata={
-        "help": "validation ELBO estimator, per block: count (exactly l masked, weight L/l) or time (weight 1/t)"})
-    train_estimator: Estimator = field(default="time", metadata={
-        "help": "training loss estimator, per block: time (t stratified, i.i.d. masks, weight 1/t) or count"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
-        LinearSchedule(self.eps)  # checks eps
-        if self.mc_samples < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
-        for name in ("eval_estimator", "train_estimator"):
-            if getattr(self, name) not in ("count", "time"):
-                raise ValueError(f"{name} must be count or time, got {getattr(self, name)!r}")
 
 
 # --------------------------------------------------------------------------- masks
@@ -160,7 +145,7 @@ def two_stream_logits(model: nn.Module, x: torch.Tensor, xt: torch.Tensor, block
 
 
 # --------------------------------------------------------------------------- the objective
-class BlockDiffusionObjective(Objective):
+class BlockDiffusionObjective(MaskedDiffusionObjective):
     name = "block_diffusion"
     # Neither causal nor bidirectional: every pass brings its own mask (``BlockMask``), which replaces
     # the config's flag. Declared bidirectional so that a plain ``model(ids)`` is one block (b >= T).
@@ -168,18 +153,10 @@ class BlockDiffusionObjective(Objective):
     needs_attention_mask = True
     Config = BlockDiffusionConfig
 
-    def __init__(self, config: BlockDiffusionConfig | None = None, ids: TokenIds = TokenIds()):
-        super().__init__(config, ids)
-        self.schedule = LinearSchedule(self.config.eps)
-
-    @property
-    def eval_passes(self) -> int:
-        return self.config.mc_samples  # each over Tc + T = 2T - b tokens (at most)
+    # eval_passes: mc_samples, each over Tc + T = 2T - b tokens (at most)
 
     def describe(self):
-        c = self.config
-        return {"mc_samples": c.mc_samples, "elbo_weight": {"count": "L/l", "time": "1/t"}[c.eval_estimator],
-                "mask_eps": c.eps, "block_size": c.block_size}
+        return {**super().describe(), "block_size": self.config.block_size}
 
     def block_noise(self, strata: torch.Tensor, u: torch.Tensor, valid: torch.Tensor,
                     estimator: str) -> tuple[torch.Tensor, torch.Tensor]:

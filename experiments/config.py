@@ -228,7 +228,7 @@ class RunConfig:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of config keys")
-        return cls.from_dict(merge(data, overrides))
+        return cls.from_dict(merge(data, overrides))  # merge nests both: a flag beats either form in the file
 
     def validate(self) -> None:
         """Cheap checks of names and ranges (corpus-dependent checks happen when data is prepared)."""
@@ -269,11 +269,62 @@ def flat_keys() -> dict[str, str]:
     return where
 
 
+#: flat diffusion keys of configs written before the objectives owned their settings (0900ac3 and older)
+_LEGACY_DIFFUSION = {"diffusion_eps": "eps", "mc_samples": "mc_samples", "elbo_estimator": "eval_estimator",
+                     "train_estimator": "train_estimator"}
+
+
+def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml of an older run folder in today's form: its flat diffusion settings go to the
+    ``diffusion`` block (dropped for other objectives, which never used them). Others pass unchanged."""
+    if not any(k in d for k in ("diffusion_eps", "elbo_estimator")):
+        return d
+    out = {k: v for k, v in d.items() if k not in _LEGACY_DIFFUSION}
+    if d.get("objective") == "diffusion":
+        out["diffusion"] = {new: d[old] for old, new in _LEGACY_DIFFUSION.items() if old in d}
+    return out
+
+
+def nest(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with flat group keys moved into their groups (``lr`` -> ``optim: {lr}``), so that mappings
+    merge key by key whichever form each used; objective settings stay as given (their objective may
+    not be known yet). A key given both flat and in its group is refused."""
+    where = flat_keys()
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        group = where.get(key)
+        if group in GROUPS:
+            nested = d.get(group)
+            if isinstance(nested, dict) and key in nested:
+                raise ConfigError(f"config key {key!r} is given both flat and as {group}.{key}")
+            out.setdefault(group, {})[key] = value
+        elif key in GROUPS and isinstance(value, dict):
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def lookup(d: dict[str, Any], key: str) -> Any:
+    """The value of flat ``key`` in nested-or-flat ``d`` (None when absent)."""
+    if key in d:
+        return d[key]
+    group = flat_keys().get(key)
+    nested = d.get(group) if group in GROUPS else None
+    return nested.get(key) if isinstance(nested, dict) else None
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` on top; nested mappings (groups, objective blocks) merge key by key."""
+    """``base`` with ``overrides`` on top (both nested first, see ``nest``); groups and objective blocks
+    merge key by key."""
+    return _deep_merge(nest(base), nest(overrides))
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in overrides.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_args" else v
+        both = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_args"
+        out[k] = _deep_merge(out[k], v) if both else v
     return out
 
 
@@ -284,6 +335,8 @@ def _split_keys(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], dic
     groups: dict[str, dict] = {g: {} for g in GROUPS}
     blocks: dict[str, dict] = {}
     name = d.get("objective", "ar")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key 'objective' must be one objective name, got {name!r}")
     for key, value in d.items():
         if key in GROUPS or key in OBJECTIVES:
             if not isinstance(value, dict):
@@ -296,6 +349,9 @@ def _split_keys(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict], dic
         elif where.get(key) == "objective":
             if name in OBJECTIVES and key not in _fields(OBJECTIVES[name]):
                 raise ConfigError(f"config key {key!r} does not apply to objective {name!r}")
+            block = d.get(name) if isinstance(d.get(name), dict) else {}
+            if key in block and block[key] != value:
+                raise ConfigError(f"config key {key!r} is given both flat and as {name}.{key}")
             blocks.setdefault(name, {})[key] = value
         elif key in where:
             (top if where[key] == "" else groups[where[key]])[key] = value

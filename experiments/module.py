@@ -105,16 +105,19 @@ class LitLM(L.LightningModule):
     def _noise(self, batch: Batch):
         """Training noise as a function of (seed, epoch, row) and (seed, step) only: the same draws
         for one process, several ranks or gradient accumulation, and after a resume."""
+        if type(self.objective).training_noise is Objective.training_noise:
+            return None  # an objective without training noise (AR): draw nothing
         gens = [self._seeded(0, max(int(r), 0)) for r in batch.rows.tolist()]  # placeholder rows (-1): all invalid
         return self.objective.training_noise(gens, batch.positions.cpu().float(), self.trainer.datamodule.global_batch,
                                              self._seeded(1, self.global_step), batch.tokens.shape[1])
 
     def _watch(self, kind: int, value: torch.Tensor) -> None:
         """Remember the first non-finite ``value`` (kind 0: loss, 1: gradient norm) without a host sync."""
-        bad = ~torch.isfinite(value.detach()) & (self._bad[0] < 0).to(value.device)
-        new = torch.stack([torch.tensor(float(self.global_step), device=value.device),
-                           value.detach().double(), torch.tensor(float(kind), device=value.device)]).double()
-        self._bad = torch.where(bad, new, self._bad.to(value.device))
+        dev = value.device
+        bad = ~torch.isfinite(value.detach()) & (self._bad[0] < 0).to(dev)
+        new = torch.stack([torch.full((), float(self.global_step), device=dev, dtype=torch.float64),
+                           value.detach().double(), torch.full((), float(kind), device=dev, dtype=torch.float64)])
+        self._bad = torch.where(bad, new, self._bad.to(dev))
 
     def check_finite(self) -> None:
         """Raise ``Diverged`` if a non-finite loss or gradient norm was seen (one host sync)."""
@@ -182,7 +185,16 @@ class LitLM(L.LightningModule):
         self.train_time_s = checkpoint.get("train_time_s", 0.0)
         self.tokens_before = checkpoint.get("tokens_trained", 0)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Only tokens and their mask go to the device; the bookkeeping (step tokens, rows, positions)
+        stays on the CPU, where the noise generators and the throughput counters read it without a sync."""
+        if isinstance(batch, Batch):
+            return batch._replace(tokens=batch.tokens.to(device), valid=batch.valid.to(device))
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_before_optimizer_step(self, optimizer):
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 loss scaling: inf gradients are expected on overflow steps, which the scaler skips
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # before clipping

@@ -52,12 +52,13 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def count_valid_tokens(batch: Any) -> int:
+def count_valid_tokens(batch: Any) -> int | torch.Tensor:
     """Tokens in a training batch: the valid-token mask of the suite's ``(x, valid, ...)`` batches
-    when there is one, else the elements of the first tensor."""
+    when there is one (a 0-d tensor on the batch's device, so counting never waits for the device;
+    ``LineProgress`` reads the sum once per line), else the elements of the first tensor."""
     if isinstance(batch, (tuple, list)) and len(batch) > 1 and torch.is_tensor(batch[1]):
         if batch[1].dtype == torch.bool:
-            return int(batch[1].sum())
+            return batch[1].sum()
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     return int(first.numel()) if torch.is_tensor(first) else 0
 
@@ -123,7 +124,7 @@ class LineProgress(L.Callback):
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if self._window[1] > 0:
-            parts.append(f"{self._window[0] / self._window[1]:,.0f} tokens/s")
+            parts.append(f"{float(self._window[0]) / self._window[1]:,.0f} tokens/s")
         elapsed = now - self._t_start
         parts.append(f"elapsed {format_duration(elapsed)}")
         if done > 0 and math.isfinite(total):

@@ -9,19 +9,22 @@
     tokenizer/         the tokenizer (save_pretrained)
     metrics/attempt-N/ Lightning CSV logs (and TensorBoard events when installed), one per (re)start
     checkpoints/last.ckpt
-    lock.json          {pid, host, started}: the process training it (sweeps)
+    lock.json          {pid, host, started} of the process training it (sweeps), flock-ed while it lives
     error.txt          traceback of a failed attempt (sweeps); ``<folder>.error.txt`` beside it when the
                        run failed before its folder existed
 
-A lock is stale when its host is this one and its process is gone (or is another process that
-reused the pid: the lock records the process's start time); locks of other hosts are trusted.
+The lock is an ``flock`` held for the trainer's lifetime, so it ends with its process however that
+dies (no stale lock on the same host, no pid reuse to guess at); a lock of another host (a shared
+file system) is trusted while its heartbeat, the file's mtime, is younger than ``FOREIGN_STALE_S``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,13 @@ from typing import Any
 import yaml
 
 from analysis.table import atomic_write_text, read_rows
-from experiments.config import ConfigError, RunConfig
+from experiments.config import ConfigError, RunConfig, upgrade_legacy
 
 #: statuses of a run folder, as ``sweep status`` shows them
 STATUSES = ("done", "diverged", "running", "failed", "interrupted", "pending")
+#: seconds between refreshes of a held lock's mtime, and the age after which another host's lock is stale
+HEARTBEAT_S = 60.0
+FOREIGN_STALE_S = 15 * 60.0
 
 
 class FolderBusy(RuntimeError):
@@ -43,19 +49,12 @@ class FolderBusy(RuntimeError):
         self.owner = owner
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot), None when it is gone or a zombie."""
+def _read_json(fd: int) -> dict[str, Any]:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "unknown"  # no /proc (not Linux): alive, start time unknown
-    return None if fields[0] == "Z" else fields[19]
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 class RunFolder:
@@ -114,7 +113,7 @@ class RunFolder:
                 raise ConfigError(f"output folder {str(self.path)!r} exists and is not a crossover run folder")
             return None
         try:
-            old = RunConfig.from_dict(yaml.safe_load(self.config_file.read_text())).identity()
+            old = RunConfig.from_dict(upgrade_legacy(yaml.safe_load(self.config_file.read_text()))).identity()
         except (ConfigError, yaml.YAMLError, AttributeError) as e:
             raise ConfigError(f"{str(self.path)!r} holds a run whose config.yaml cannot be read ({e}); "
                               "use another --out") from None
@@ -140,17 +139,28 @@ class RunFolder:
 
     # ------------------------------------------------------------------ status and lock
     def lock_owner(self) -> dict[str, Any] | None:
-        """The live process holding the lock, or None (no lock, or a stale one)."""
+        """The live process holding the lock, or None.
+
+        On this host the lock is an ``flock`` held for the trainer's lifetime: it dies with its process,
+        so a killed trainer never leaves a live-looking lock. Another host's lock is trusted while its
+        heartbeat (the file's mtime, refreshed every ``HEARTBEAT_S``) is younger than ``FOREIGN_STALE_S``."""
         try:
-            owner = json.loads(self.lock_file.read_text())
-        except (OSError, ValueError):
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
             return None
-        if owner.get("host") != socket.gethostname():
-            return owner  # another node's job: trust its lock
-        start = _process_start(int(owner.get("pid", -1)))
-        if start is None or (owner.get("start") not in (None, start) and start != "unknown"):
-            return None  # gone, or the pid now belongs to another process
-        return owner
+        try:
+            owner = _read_json(fd)
+            if owner.get("host") not in (None, socket.gethostname()):
+                fresh = time.time() - os.fstat(fd).st_mtime < FOREIGN_STALE_S
+                return owner if fresh else None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return owner or {"pid": "?", "host": socket.gethostname()}  # held; its content may be mid-write
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def status(self) -> str:
         """done | diverged | running | failed | interrupted | pending (see ``STATUSES``)."""
@@ -166,26 +176,47 @@ class RunFolder:
         return "pending"
 
     def take_lock(self) -> None:
-        """O_EXCL lock: a second process on the same folder gets ``FolderBusy`` instead of training twice."""
+        """Hold the folder's lock until ``release_lock`` or the end of this process: a second trainer of
+        the same folder gets ``FolderBusy`` instead of training twice. A heartbeat thread keeps the lock's
+        mtime fresh for runners on other hosts."""
         owner = self.lock_owner()
-        if owner is not None:
+        if owner is not None and owner.get("host") != socket.gethostname():
             raise FolderBusy(self.path, owner)
-        self.lock_file.unlink(missing_ok=True)  # stale: its process is gone
-        try:
-            fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise FolderBusy(self.path, self.lock_owner() or {}) from None
-        pid = os.getpid()
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": pid, "host": socket.gethostname(), "start": _process_start(pid),
-                       "started": time.time()}, f)
+        fd = os.open(self.lock_file, os.O_CREAT | os.O_RDWR, 0o644)
+        for attempt in range(20):  # a reader's brief shared lock (lock_owner) is not an owner: retry
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    owner = _read_json(fd)
+                    os.close(fd)
+                    raise FolderBusy(self.path, owner) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        self._lock_fd = fd
+        self._heartbeat = threading.Event()
+        threading.Thread(target=self._beat, args=(fd, self._heartbeat), daemon=True).start()
+
+    @staticmethod
+    def _beat(fd: int, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(fd)
+            except OSError:
+                return
 
     def release_lock(self) -> None:
-        try:
-            if json.loads(self.lock_file.read_text()).get("pid") == os.getpid():
-                self.lock_file.unlink()
-        except (OSError, ValueError):
-            pass
+        fd = getattr(self, "_lock_fd", None)
+        if fd is None:
+            return
+        self._heartbeat.set()
+        os.ftruncate(fd, 0)  # the file stays (unlinking a locked file races with the next taker)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        self._lock_fd = None
 
     def record_error(self, text: str) -> None:
         atomic_write_text(self.error_file, text)

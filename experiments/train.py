@@ -146,9 +146,12 @@ def train(cfg: RunConfig, out: str | Path, *, run_id: str | None = None, prepare
     quiet_lightning()
     folder = RunFolder(out)
     status = folder.check_reusable(cfg)
-    if status in ("done", "diverged"):
+    if status == "diverged":  # as the first attempt ended: the same exit code, the same line
+        d = folder.info().get("diverged", {})
+        raise Diverged(d.get("what", "value"), int(d.get("step", -1)), float(d.get("value", "nan")))
+    if status == "done":
         if not quiet:
-            print(f"{out}: run already {'complete' if status == 'done' else 'diverged'}", file=sys.stderr)
+            print(f"{out}: run already complete", file=sys.stderr)
         return folder.rows()
     prep = prepared or prepare(cfg)
     run_id = run_id or folder.path.resolve().name

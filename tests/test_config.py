@@ -65,3 +65,26 @@ def test_run_plan_derives_every_number_once():
     assert plan.row_base()["mc_samples"] == 5 and plan.row_base()["elbo_weight"] == "L/l"
     with pytest.raises(ConfigError, match="does not split over 3 ranks"):
         BatchLayout.of(RunConfig.from_dict({"batch_size": 8, "devices": 3}), 128)
+
+
+def test_a_flag_beats_either_form_in_the_file_and_both_forms_at_once_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 0.0005}\n")
+    assert RunConfig.from_yaml(path, lr=0.002).optim.lr == 0.002
+    path.write_text("lr: 0.001\noptim: {lr: 0.0005}\n")
+    with pytest.raises(ConfigError, match="given both flat and as optim.lr"):
+        RunConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="must be one objective name"):
+        RunConfig.from_dict({"objective": ["ar", "diffusion"], "eps": 0.1})
+
+
+def test_configs_of_older_run_folders_are_read_as_today():
+    from experiments.config import upgrade_legacy
+
+    old = {"objective": "diffusion", "lr": 2e-3, "mc_samples": 8, "diffusion_eps": 0.01, "elbo_estimator": "time",
+           "train_estimator": "count"}
+    cfg = RunConfig.from_dict(upgrade_legacy(old))
+    assert cfg.objective_config == DiffusionConfig(eps=0.01, mc_samples=8, eval_estimator="time",
+                                                   train_estimator="count")
+    ar = RunConfig.from_dict(upgrade_legacy({**old, "objective": "ar"}))
+    assert ar.to_dict()["ar"] == {} and ar.optim.lr == 2e-3

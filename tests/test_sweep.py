@@ -130,7 +130,7 @@ def test_sigkill_of_the_runner_then_an_immediate_rerun_gives_the_uninterrupted_t
     assert table(killed) == table(clean)
     keys = [(r["run_id"], r["epochs"]) for r in table(killed)]
     assert len(keys) == len(set(keys)) == 12
-    assert RunFolder(first).status() == "done" and not (first / "lock.json").exists()
+    assert RunFolder(first).status() == "done" and RunFolder(first).lock_owner() is None
 
 
 def test_a_diverging_cell_leaves_the_others_and_the_report(tmp_path, corpus_spec, capsys):
@@ -202,3 +202,36 @@ def test_every_preset_expands(name):
     cells = SweepSpec.load(name).cells()  # validates every cell's config; builds no model
     assert {c.config.objective for c in cells} >= {"ar", "diffusion"}
     assert len({c.id for c in cells}) == len(cells) >= 2
+
+
+def test_overrides_on_an_objective_axis_touch_only_that_objective():
+    spec = SweepSpec.from_dict({"axes": {"objective": ["ar", "block_diffusion"], "block_size": [4, 16],
+                                         "unique_tokens": [1000], "epochs": [2]},
+                                "settings": {"optim": {"lr": 1e-3}},
+                                "overrides": [{"where": {"block_size": 4}, "set": {"lr": 5e-3}}]})
+    assert {c.id: c.config.optim.lr for c in spec.cells()} == {
+        "ar-U1000-E2-tiny-dense-s0": 1e-3, "block_diffusion-block_size4-U1000-E2-tiny-dense-s0": 5e-3,
+        "block_diffusion-block_size16-U1000-E2-tiny-dense-s0": 1e-3}
+
+
+def test_the_lock_dies_with_its_process_and_a_silent_foreign_lock_goes_stale(tmp_path):
+    from experiments.run_folder import FolderBusy
+
+    folder = RunFolder(tmp_path)
+    code = f"from experiments.run_folder import RunFolder; import time; RunFolder({str(tmp_path)!r}).take_lock(); " \
+           "print('held', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    assert folder.lock_owner()["pid"] == p.pid and folder.status() == "running"
+    with pytest.raises(FolderBusy):
+        folder.take_lock()
+    p.kill()
+    p.wait()
+    assert folder.lock_owner() is None  # SIGKILL leaves no live-looking lock
+    folder.take_lock()
+    folder.release_lock()
+    (tmp_path / "lock.json").write_text(json.dumps({"pid": 1, "host": "another-node"}))
+    assert folder.lock_owner()["host"] == "another-node"  # a fresh heartbeat: trusted
+    old = time.time() - 3600
+    os.utime(tmp_path / "lock.json", (old, old))
+    assert folder.lock_owner() is None  # no heartbeat for an hour: stale

@@ -206,8 +206,8 @@ def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_writes_no_na
     from experiments.checkpoint import load_checkpoint
 
     assert load_checkpoint(out).objective == "diffusion"
-    assert main(train_args(corpus_spec, out, "diffusion", 1000, 4, "--eval-epochs", "[1, 2, 3, 4]")) == 0
-    assert "already diverged" in capsys.readouterr().err
+    assert main(train_args(corpus_spec, out, "diffusion", 1000, 4, "--eval-epochs", "[1, 2, 3, 4]")) == 3  # again
+    assert "run diverged: non-finite training loss (nan) at step" in capsys.readouterr().err
 
 
 def test_huge_learning_rate_diverges_through_the_console(corpus_spec, tmp_path):

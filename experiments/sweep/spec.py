@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from experiments.config import ConfigError, RunConfig, merge
+from experiments.config import ConfigError, RunConfig, lookup, merge
 from models import count_params
 from models.objectives import OBJECTIVES
 
@@ -145,7 +145,8 @@ class SweepSpec:
     def cells(self) -> list[Cell]:
         """Every combination of the axes as a validated RunConfig with a stable, readable id."""
         names = list(self.axes)
-        cells, seen = [], set()
+        cells: list[Cell] = []
+        seen: dict[str, RunConfig] = {}
         for values in itertools.product(*(self.axes[n] for n in names)):
             point = dict(zip(names, values))
             try:
@@ -153,9 +154,13 @@ class SweepSpec:
             except ConfigError as e:
                 raise ConfigError(f"sweep cell {point}: {e}") from None
             cell_id = _cell_id(cfg, point)
-            if cell_id not in seen:
-                seen.add(cell_id)
-                cells.append(Cell(cell_id, cfg))
+            if cell_id in seen:  # an objective-setting axis collapses for objectives without the setting
+                if seen[cell_id] != cfg:
+                    raise ConfigError(f"sweep cells {cell_id} differ in settings the cell id does not show "
+                                      f"(an override matching an axis of another objective?)")
+                continue
+            seen[cell_id] = cfg
+            cells.append(Cell(cell_id, cfg))
         return cells
 
     def _cell_config(self, point: dict[str, Any]) -> RunConfig:
@@ -166,8 +171,9 @@ class SweepSpec:
         own = {k: v for k, v in point.items() if objective in per_objective.get(k, ())}
         if own:  # this objective's settings from its axes
             cfg_dict = merge(cfg_dict, {objective: own})
+        seen = {k: v for k, v in point.items() if k not in per_objective or k in own}  # what `where` may match
         for o in self.overrides:
-            if all(point.get(k, cfg_dict.get(k)) == v for k, v in o["where"].items()):
+            if all(seen.get(k, lookup(cfg_dict, k)) == v for k, v in o["where"].items()):
                 cfg_dict = merge(cfg_dict, o["set"])
         if "compute" in point:
             if "unique_tokens" not in cfg_dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from analysis.table import COLUMNS, atomic_write_text, write_rows
-from experiments.config import ConfigError
+from experiments.config import ConfigError, upgrade_legacy
 from experiments.run_folder import FolderBusy, RunFolder
 from experiments.sweep.spec import Cell, SweepSpec
 
@@ -33,7 +33,7 @@ def init_folder(root: Path, spec: SweepSpec) -> None:
         raise ConfigError(f"sweep folder {str(root)!r} is a file")
     if spec_file.exists():
         old = yaml.safe_load(spec_file.read_text())
-        if old != spec.to_dict():
+        if old != spec.to_dict() and not _same_cells(old, spec):
             raise ConfigError(f"{str(root)!r} holds a different sweep ({old.get('name')!r}); use another --out")
     elif root.exists() and any(root.iterdir()):
         raise ConfigError(f"output folder {str(root)!r} exists and is not a sweep folder")
@@ -42,6 +42,18 @@ def init_folder(root: Path, spec: SweepSpec) -> None:
     except OSError as e:
         raise ConfigError(f"cannot create sweep folder {str(root)!r}: {e.strerror}") from None
     atomic_write_text(spec_file, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def _same_cells(old: dict, spec: SweepSpec) -> bool:
+    """Whether a spec saved by an older version (flat diffusion settings) has the same cells as ``spec``."""
+    try:
+        settings = upgrade_legacy({"objective": "diffusion", **(old.get("settings") or {})})
+        settings = {k: v for k, v in settings.items() if k != "objective" or "objective" in (old.get("settings") or {})}
+        upgraded = SweepSpec.from_dict({**old, "settings": settings})
+        return ({c.id: c.config.identity() for c in upgraded.cells()}
+                == {c.id: c.config.identity() for c in spec.cells()})
+    except (ConfigError, TypeError, AttributeError):
+        return False
 
 
 def load_spec(root: Path) -> SweepSpec:
@@ -116,7 +128,7 @@ def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
     run = dataclasses.replace(cell.config.run, threads=cell.config.run.threads or threads)
     cfg = dataclasses.replace(cell.config, run=run)
     try:
-        train(cfg, folder.path, run_id=cell.id, on_start=lambda f: f.take_lock())
+        train(cfg, folder.path, run_id=cell.id, on_start=lambda _: folder.take_lock())
         folder.clear_errors()
         return "done"
     except FolderBusy as e:

@@ -49,6 +49,7 @@ EXTRA_COLUMNS: dict[str, str] = {
     "elbo_weight": "str",
     "mask_eps": "float",
     "block_size": "int",  # block diffusion: tokens per block (empty for other objectives)
+    "input_mask_rate": "float",  # AR: fraction of training inputs replaced by [MASK] (fair-baseline control)
     "step": "int",
     "train_time_s": "float",
     "eval_time_s": "float",

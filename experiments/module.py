@@ -105,8 +105,8 @@ class LitLM(L.LightningModule):
     def _noise(self, batch: Batch):
         """Training noise as a function of (seed, epoch, row) and (seed, step) only: the same draws
         for one process, several ranks or gradient accumulation, and after a resume."""
-        if type(self.objective).training_noise is Objective.training_noise:
-            return None  # an objective without training noise (AR): draw nothing
+        if not self.objective.uses_training_noise:
+            return None  # plain AR: no generators, nothing drawn
         gens = [self._seeded(0, max(int(r), 0)) for r in batch.rows.tolist()]  # placeholder rows (-1): all invalid
         return self.objective.training_noise(gens, batch.positions.cpu().float(), self.trainer.datamodule.global_batch,
                                              self._seeded(1, self.global_step), batch.tokens.shape[1])

@@ -75,8 +75,12 @@ class ModelConfig:
 #: largest that still trains on a laptop CPU. The ``p*`` presets follow Prabhudesai et al.'s
 #: Chinchilla-style family (d_ff = floor(8h/3 / 64) * 64, sequence 2048) for GPU sweeps.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layer=2, n_head=2, d_model=64, seq_len=128),
-    "small": dict(n_layer=4, n_head=4, d_model=128, seq_len=128),
+    "tiny": dict(n_layer=2, n_head=2, d_model=64, seq_len=128),  # N = 107k non-embedding parameters
+    # between tiny and small, so that parameters per unique token span ~1-30 at U = 25k-400k on a CPU
+    "n220k": dict(n_layer=2, n_head=2, d_model=96, seq_len=128),
+    "n400k": dict(n_layer=2, n_head=2, d_model=128, seq_len=128),
+    "n600k": dict(n_layer=3, n_head=2, d_model=128, seq_len=128),
+    "small": dict(n_layer=4, n_head=4, d_model=128, seq_len=128),  # N = 706k
     "base": dict(n_layer=6, n_head=6, d_model=384, seq_len=256),
     "p125m": dict(n_layer=12, n_head=12, d_model=768, d_ff=2048, seq_len=2048),  # GPT-2-small shape, benchmarks
     "p7m": dict(n_layer=4, n_head=4, d_model=256, d_ff=640, seq_len=2048),

@@ -62,7 +62,7 @@ def test_bad_config_is_refused():
 
 
 @pytest.mark.parametrize("attention", ["dense", "window", "topk", "nsa"])
-@pytest.mark.parametrize("preset", ["tiny", "small", "p7m"])
+@pytest.mark.parametrize("preset", ["tiny", "n220k", "n400k", "n600k", "small", "p7m"])
 def test_closed_form_parameter_count_matches_the_built_model(preset, attention):
     from models import count_params
 
@@ -71,3 +71,11 @@ def test_closed_form_parameter_count_matches_the_built_model(preset, attention):
     model = Transformer(config)
     assert count_params(config) == model.num_params()
     assert count_params(config, non_embedding=True) == model.num_params(non_embedding=True)
+
+
+def test_cpu_presets_step_between_tiny_and_small():
+    from models import count_params
+
+    sizes = [count_params(ModelConfig.from_name(p), non_embedding=True)
+             for p in ("tiny", "n220k", "n400k", "n600k", "small")]
+    assert sizes == sorted(sizes) and sizes[0] == 106_816 and sizes[-1] == 705_664

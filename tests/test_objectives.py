@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -139,3 +140,32 @@ def test_count_training_loss_is_exact_for_uniform_logits_and_masks_l_tokens():
     assert abs(loss.item() - math.log(V)) < 1e-5  # every row contributes exactly L * log V
     counts = (model.inputs[0] == 1).sum(dim=1)
     assert len(set(counts[:-1].tolist())) > 4 and counts.min() >= 1  # stratified exact counts
+
+
+def test_ar_input_masking_rate_zero_is_plain_ar_and_rate_r_masks_inputs_not_targets():
+    torch.manual_seed(0)
+    V, B, T = 16, 64, 33
+    table = torch.randn(V, V)
+    x = torch.randint(3, V, (B, T))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    plain = build_objective("ar")
+    zero = build_objective("ar", input_mask_rate=0.0)
+    assert not zero.uses_training_noise and zero.training_noise([], torch.zeros(0), 1, None, T) is None
+    model = FixedLogits(table)
+    assert zero.loss_sum(model, x, valid).item() == plain.loss_sum(model, x, valid).item()
+
+    masked = build_objective("ar", input_mask_rate=0.25)
+    model = FixedLogits(table)
+    loss = masked.loss_sum(model, x, valid, torch.Generator().manual_seed(1))
+    inp = model.inputs[-1]
+    reference = torch.cat([torch.full((B, 1), 2), x[:, :-1]], dim=1)  # [EOD] + x[:-1]
+    hidden = inp == 1  # [MASK]
+    assert not hidden[:, 0].any() and (inp[~hidden] == reference[~hidden]).all()
+    assert abs(hidden[:, 1:].float().mean().item() - 0.25) < 0.02  # 2048 inputs: 3.5 standard errors
+    # the targets are unchanged: the loss is the CE of x under the logits of the (masked) inputs
+    expected = torch.nn.functional.cross_entropy(table[inp].flatten(0, 1), x.flatten(), reduction="sum")
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    sums = masked.evaluate(FixedLogits(table), x, valid)  # validation never masks
+    assert torch.allclose(sums.nll.float(), plain.loss_sum(FixedLogits(table), x, valid), rtol=1e-5)
+    with pytest.raises(ValueError, match="input_mask_rate"):
+        build_objective("ar", input_mask_rate=1.0)

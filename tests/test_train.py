@@ -272,3 +272,13 @@ def test_full_disk_leaves_the_previous_checkpoint_and_table_intact(corpus_spec, 
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+def test_ar_input_masking_is_a_flag_and_a_results_column(corpus_spec, tmp_path):
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    assert main(train_args(corpus_spec, plain, "ar", 1000, 1, "--log-every-n-steps", "1")) == 0
+    assert main(train_args(corpus_spec, masked, "ar", 1000, 1, "--input-mask-rate", "0.3",
+                           "--log-every-n-steps", "1")) == 0
+    rows = read_csv(masked / "results.csv")
+    assert rows[0]["input_mask_rate"] == "0.3" and read_csv(plain / "results.csv")[0]["input_mask_rate"] == "0.0"
+    assert train_losses(plain) != train_losses(masked)

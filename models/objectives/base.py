@@ -67,6 +67,11 @@ class Objective:
         self.ids = ids
 
     @property
+    def uses_training_noise(self) -> bool:
+        """Whether ``training_noise`` draws anything (the trainer skips making generators otherwise)."""
+        return False
+
+    @property
     def eval_passes(self) -> int:
         """Forward passes of the backbone per validation sequence."""
         return 1

@@ -63,6 +63,10 @@ class MaskedDiffusionObjective(Objective):
         self.schedule = LinearSchedule(self.config.eps)
 
     @property
+    def uses_training_noise(self) -> bool:
+        return True
+
+    @property
     def eval_passes(self) -> int:
         return self.config.mc_samples
 

@@ -21,14 +21,14 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def _add_field(p: Any, f: dataclasses.Field, hint: Any) -> None:
+def _add_field(p: Any, f: dataclasses.Field, hint: Any, suffix: str = "") -> None:
     """One ``--flag`` for a config field, typed and with its choices; default unset (None), so a YAML
     config can supply the value and only flags actually given override it."""
     from experiments.config import choices
 
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
+    help_ = f"{f.metadata.get('help', '')} (default: {default!r}){suffix}"
     options = choices(hint)
     structured = typing.get_origin(hint) in (list, dict) or hint in (list, dict)
     scalars = [t for t in (bool, int, float, str) if hint is t or t in typing.get_args(hint)]
@@ -55,14 +55,15 @@ def add_run_config_arguments(p: argparse.ArgumentParser) -> None:
             top.add_argument("--objective", choices=list(OBJECTIVES), default=None, help=f.metadata["help"])
         elif f.name not in ("objective_config", *GROUPS):
             _add_field(top, f, hints[f.name])
-    seen: set[str] = set()
+    owners: dict[str, list[str]] = {}  # objective setting -> the objectives that have it
     for name, cls in OBJECTIVES.items():
-        fields = [f for f in dataclasses.fields(cls.Config) if f.name not in seen]
-        if fields:
-            g = p.add_argument_group(f"objective {name} (applies when --objective {name})")
-            for f in fields:
-                _add_field(g, f, typing.get_type_hints(cls.Config)[f.name])
-                seen.add(f.name)
+        for f in dataclasses.fields(cls.Config):
+            owners.setdefault(f.name, []).append(name)
+    g = p.add_argument_group("objective settings (each applies to the objectives named in its help)")
+    for field_name, names in owners.items():
+        cls = OBJECTIVES[names[0]].Config
+        f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+        _add_field(g, f, typing.get_type_hints(cls)[f.name], suffix=f" [{', '.join(names)}]")
     for name, cls in GROUPS.items():
         g = p.add_argument_group({"data": "data", "optim": "optimiser", "eval": "evaluation",
                                   "run": "execution (not part of the run's identity)"}[name])

@@ -54,8 +54,14 @@ OPTIONAL_COLUMNS: dict[str, str] = {"run_epochs": "float", "val_loss_se": "float
 #: Reference family: every other family is compared with it.
 REFERENCE_FAMILY = "ar"
 
+#: Training settings that make two runs different curves, not seed replicates, when a table has them
+#: (a sweep over learning rates or regularisers); tables without them group as before.
+SETTING_COLUMNS: tuple[str, ...] = ("lr", "schedule", "batch_size", "seq_len", "vocab_size", "input_mask_rate",
+                                    "mask_eps", "mc_samples", "elbo_weight", "corpus")
+
 #: Columns that identify one run (curve); rows of one curve that differ only in epochs are its points.
-CURVE_KEYS: list[str] = ["attention", "family", "model", "non_embedding_params", "unique_tokens", "run_epochs"]
+CURVE_KEYS: list[str] = ["attention", "family", "model", "non_embedding_params", "unique_tokens", "run_epochs",
+                         "settings"]
 
 #: Keys of one evaluation point; rows that share them (different seeds) are replicates.
 POINT_KEYS: list[str] = [*CURVE_KEYS, "epochs"]
@@ -156,11 +162,20 @@ def family_names(df: pd.DataFrame) -> pd.Series:
     return family
 
 
+def setting_labels(df: pd.DataFrame) -> pd.Series:
+    """Per row, the ``SETTING_COLUMNS`` the table has as ``key=value`` text ("" when it has none)."""
+    present = [c for c in SETTING_COLUMNS if c in df]
+    if not present:
+        return pd.Series("", index=df.index)
+    columns = [(c, df[c].tolist()) for c in present]
+    return pd.Series([" ".join(f"{c}={values[i]}" for c, values in columns) for i in range(len(df))], index=df.index)
+
+
 def validate_results(df: pd.DataFrame, source: str = "results table") -> pd.DataFrame:
     """Check a results table (module docstring) and return a copy with canonical types.
 
     Required numeric columns become float (int-valued for ``int`` kinds), text columns stripped
-    strings; ``family`` and ``run_epochs`` are added. Raises ``TableError`` naming the first problem.
+    strings; ``family``, ``settings`` and ``run_epochs`` are added. Raises ``TableError`` naming the first problem.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -180,6 +195,7 @@ def validate_results(df: pd.DataFrame, source: str = "results table") -> pd.Data
     _check_runs(out, source)
     _tidy_extras(out)
     out["family"] = family_names(out)
+    out["settings"] = setting_labels(out)
     longest = out.groupby("run_id")["epochs"].transform("max")
     out["run_epochs"] = out["run_epochs"].fillna(longest) if "run_epochs" in out else longest
     return out

@@ -149,3 +149,16 @@ def test_validate_frames_built_in_memory() -> None:
     table.loc[0, "model"] = None
     with pytest.raises(TableError, match="'model'"):
         validate_results(table)
+
+
+def test_runs_that_differ_in_a_setting_are_two_curves_not_two_seeds() -> None:
+    rows = []
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0)):
+        for epochs in (1, 2):
+            rows.append({"run_id": f"ar-lr{lr}", "objective": "ar", "attention": "dense", "model": "tiny",
+                         "params": 200, "non_embedding_params": 100, "unique_tokens": 1000, "epochs": epochs,
+                         "tokens_seen": 1000 * epochs, "flops": 6 * 100 * 1000 * epochs, "val_loss": loss,
+                         "seed": 0, "lr": lr})
+    points = aggregate_points(validate_results(pd.DataFrame(rows)))
+    assert len(points) == 4 and set(points["n_seeds"]) == {1} and points["curve"].nunique() == 2
+    assert sorted(points["val_loss"].unique()) == [4.0, 5.0]  # not averaged into 4.5

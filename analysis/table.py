@@ -58,6 +58,7 @@ EXTRA_COLUMNS: dict[str, str] = {
     "batch_size": "int",
     "lr": "float",
     "schedule": "str",
+    "ema_decay": "float",  # 0: the raw weights were evaluated; > 0: their exponential moving average
     "corpus": "str",
     "corpus_fingerprint": "str",
     "tokenizer_hash": "str",

@@ -72,6 +72,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     hp, info = ckpt["hyper_parameters"], ckpt["crossover"]
     model = Transformer(ModelConfig(**hp["model_config"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state.update(ckpt.get("ema") or {})  # a run with --ema-decay was evaluated with the averaged weights
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

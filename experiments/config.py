@@ -87,6 +87,8 @@ class OptimArgs:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "gradient-norm clipping (0 disables)")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights, updated every optimiser step; "
+                               "validation, sampling and export use the average (0: off, the raw weights)")
 
     def check(self) -> None:
         _positive(self, "batch_size", "lr")
@@ -94,7 +96,7 @@ class OptimArgs:
         for name in ("decay_fraction", "min_lr_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 

@@ -64,7 +64,7 @@ class EvaluationCallback(L.Callback):
             return
         t0 = time.perf_counter()
         reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
-        with trainer.precision_plugin.forward_context():
+        with trainer.precision_plugin.forward_context(), pl_module.evaluation_weights():
             metrics = evaluate(pl_module.model, pl_module.objective, self.val, self.batch_size, self.byte_lengths,
                                trainer.global_rank, trainer.world_size, pl_module.device, reduce)
         eval_time = time.perf_counter() - t0

@@ -10,6 +10,7 @@ uninterrupted process does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -72,6 +73,39 @@ class Diverged(RuntimeError):
         self.what, self.step, self.value = what, step, value
 
 
+class EMA:
+    """Exponential moving average of a module's parameters: after each optimiser step
+    ``shadow = decay * shadow + (1 - decay) * param`` (``decay = 0`` follows the raw weights exactly)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        names, params = zip(*module.named_parameters())
+        shadow = [self.shadow[n] for n in names]
+        torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, module: torch.nn.Module):
+        """The module with the averaged weights inside the block, its own weights again after it."""
+        raw = {n: p.detach().clone() for n, p in module.named_parameters()}
+        with torch.no_grad():
+            for n, p in module.named_parameters():
+                p.copy_(self.shadow[n])
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for n, p in module.named_parameters():
+                    p.copy_(raw[n])
+
+    def to(self, device: torch.device) -> EMA:
+        self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
+        return self
+
+
 class LitLM(L.LightningModule):
     """A backbone and an objective; ``optim`` the optimiser settings; ``total_steps`` for the schedule."""
 
@@ -97,6 +131,7 @@ class LitLM(L.LightningModule):
         self._window = [0, 0.0]  # valid tokens (global, by the sampler) and seconds since the last log
         # first non-finite training value, kept on the device (no host sync per step): [step, value, kind]
         self._bad = torch.full((3,), -1.0, dtype=torch.float64)
+        self.ema = EMA(self.model, optim.ema_decay) if optim.ema_decay > 0 else None
 
     def _seeded(self, *key: int) -> torch.Generator:
         state = np.random.SeedSequence([self.hparams.seed, self.current_epoch, *key]).generate_state(1, np.uint64)
@@ -146,6 +181,18 @@ class LitLM(L.LightningModule):
         if hasattr(batch_sampler, "set_epoch"):
             batch_sampler.set_epoch(self.current_epoch)
 
+    def on_fit_start(self):
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_before_zero_grad(self, optimizer):  # right after each optimiser step
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def evaluation_weights(self):
+        """Context: the weights validation scores (the EMA when ``ema_decay`` > 0, else the raw ones)."""
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
+
     def on_train_end(self):
         self.final_tokens_trained = self.tokens_trained()  # before teardown moves the module off its device
 
@@ -180,10 +227,14 @@ class LitLM(L.LightningModule):
         checkpoint["train_time_s"] = self.train_time_s
         checkpoint["tokens_trained"] = self.tokens_trained()  # every rank dumps the checkpoint: safe to reduce
         checkpoint["crossover"] = self.run_info
+        if self.ema is not None:  # the evaluated weights: what sampling and export load
+            checkpoint["ema"] = {n: t.detach().cpu() for n, t in self.ema.shadow.items()}
 
     def on_load_checkpoint(self, checkpoint):
         self.train_time_s = checkpoint.get("train_time_s", 0.0)
         self.tokens_before = checkpoint.get("tokens_trained", 0)
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.shadow = {n: t.to(self.device) for n, t in checkpoint["ema"].items()}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         """Only tokens and their mask go to the device; the bookkeeping (step tokens, rows, positions)

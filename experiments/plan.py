@@ -97,7 +97,7 @@ class RunPlan:
                 "non_embedding_params": self.non_embedding_params, "unique_tokens": c.unique_tokens,
                 "seed": c.seed, **self.objective.describe(), "seq_len": self.model.seq_len,
                 "vocab_size": self.model.vocab_size, "batch_size": self.batch.global_batch, "run_epochs": c.epochs,
-                "lr": c.optim.lr, "schedule": c.optim.schedule, "corpus": c.data.corpus}
+                "lr": c.optim.lr, "schedule": c.optim.schedule, "ema_decay": c.optim.ema_decay, "corpus": c.data.corpus}
 
     def summary(self) -> str:
         c, m, b = self.cfg, self.model, self.batch

@@ -282,3 +282,42 @@ def test_ar_input_masking_is_a_flag_and_a_results_column(corpus_spec, tmp_path):
     rows = read_csv(masked / "results.csv")
     assert rows[0]["input_mask_rate"] == "0.3" and read_csv(plain / "results.csv")[0]["input_mask_rate"] == "0.0"
     assert train_losses(plain) != train_losses(masked)
+
+
+def test_ema_follows_its_formula_and_restores_the_raw_weights():
+    import torch
+
+    from experiments.module import EMA
+
+    model = torch.nn.Linear(3, 2)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    zero, half = EMA(model, 0.0), EMA(model, 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    zero.update(model)
+    half.update(model)
+    for n, p in model.named_parameters():
+        assert torch.equal(zero.shadow[n], p.detach())  # decay 0: the raw weights
+        assert torch.allclose(half.shadow[n], 0.5 * start[n] + 0.5 * p.detach())
+    raw = [p.detach().clone() for p in model.parameters()]
+    with half.applied(model):
+        assert all(torch.allclose(p, half.shadow[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
+
+
+def test_ema_run_evaluates_and_saves_the_averaged_weights(corpus_spec, tmp_path):
+    import torch
+
+    from experiments.checkpoint import load_checkpoint
+
+    plain, ema = tmp_path / "plain", tmp_path / "ema"
+    assert main(train_args(corpus_spec, plain, "ar", 1000, 2)) == 0
+    assert main(train_args(corpus_spec, ema, "ar", 1000, 2, "--ema-decay", "0.9")) == 0
+    rows, raw_rows = read_csv(ema / "results.csv"), read_csv(plain / "results.csv")
+    assert rows[-1]["ema_decay"] == "0.9" and raw_rows[-1]["ema_decay"] == "0.0"
+    assert rows[-1]["val_loss"] != raw_rows[-1]["val_loss"]  # same seed and data: only the weights evaluated differ
+    ckpt = torch.load(ema / "checkpoints" / "last.ckpt", weights_only=False)
+    loaded = load_checkpoint(ema).model.state_dict()
+    assert all(torch.equal(loaded[n], t) for n, t in ckpt["ema"].items())
+    assert not all(torch.equal(ckpt["state_dict"]["model." + n], t) for n, t in ckpt["ema"].items())

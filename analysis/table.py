@@ -48,6 +48,7 @@ EXTRA_COLUMNS: dict[str, str] = {
     "mc_samples": "int",
     "elbo_weight": "str",
     "mask_eps": "float",
+    "curriculum": "str",  # diffusion: "fraction@max_t" of the easy-to-hard masking curriculum (empty: off)
     "block_size": "int",  # block diffusion: tokens per block (empty for other objectives)
     "input_mask_rate": "float",  # AR: fraction of training inputs replaced by [MASK] (fair-baseline control)
     "step": "int",

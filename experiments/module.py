@@ -144,7 +144,8 @@ class LitLM(L.LightningModule):
             return None  # plain AR: no generators, nothing drawn
         gens = [self._seeded(0, max(int(r), 0)) for r in batch.rows.tolist()]  # placeholder rows (-1): all invalid
         return self.objective.training_noise(gens, batch.positions.cpu().float(), self.trainer.datamodule.global_batch,
-                                             self._seeded(1, self.global_step), batch.tokens.shape[1])
+                                             self._seeded(1, self.global_step), batch.tokens.shape[1],
+                                             progress=self.global_step / max(1, self.hparams.total_steps))
 
     def _watch(self, kind: int, value: torch.Tensor) -> None:
         """Remember the first non-finite ``value`` (kind 0: loss, 1: gradient norm) without a host sync."""

@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "n220k": dict(n_layer=2, n_head=2, d_model=96, seq_len=128),
     "n400k": dict(n_layer=2, n_head=2, d_model=128, seq_len=128),
     "n600k": dict(n_layer=3, n_head=2, d_model=128, seq_len=128),
-    "small": dict(n_layer=4, n_head=4, d_model=128, seq_len=128),  # N = 706k
+    "small": dict(n_layer=4, n_head=4, d_model=128, seq_len=128),  # N = 804k
     "base": dict(n_layer=6, n_head=6, d_model=384, seq_len=256),
     "p125m": dict(n_layer=12, n_head=12, d_model=768, d_ff=2048, seq_len=2048),  # GPT-2-small shape, benchmarks
     "p7m": dict(n_layer=4, n_head=4, d_model=256, d_ff=640, seq_len=2048),

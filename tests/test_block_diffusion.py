@@ -46,7 +46,8 @@ def test_registered_with_settings_flags_and_sweep_axis():
 
     assert OBJECTIVES["block_diffusion"] is BlockDiffusionObjective and BlockDiffusionObjective.causal is False
     obj = build_objective("block_diffusion", block_size=4, mc_samples=2)
-    assert obj.describe() == {"mc_samples": 2, "elbo_weight": "L/l", "mask_eps": 1e-3, "block_size": 4}
+    assert obj.describe() == {"mc_samples": 2, "elbo_weight": "L/l", "mask_eps": 1e-3, "curriculum": "",
+                              "block_size": 4}
     assert obj.eval_passes == 2
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="block_size"):

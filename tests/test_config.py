@@ -23,7 +23,7 @@ def test_flat_and_grouped_forms_are_the_same_config_and_round_trip():
 
 def test_settings_of_another_objective_are_checked_and_ignored():
     cfg = RunConfig.from_dict({"objective": "ar", "diffusion": {"mc_samples": 16}})
-    assert cfg.to_dict()["ar"] == {} and "diffusion" not in cfg.to_dict()
+    assert cfg.to_dict()["ar"] == {"input_mask_rate": 0.0} and "diffusion" not in cfg.to_dict()
     with pytest.raises(ConfigError, match="unknown config key diffusion.mc_sample"):
         RunConfig.from_dict({"objective": "ar", "diffusion": {"mc_sample": 16}})
     with pytest.raises(ConfigError, match="mc_samples must be at least 1"):
@@ -87,4 +87,4 @@ def test_configs_of_older_run_folders_are_read_as_today():
     assert cfg.objective_config == DiffusionConfig(eps=0.01, mc_samples=8, eval_estimator="time",
                                                    train_estimator="count")
     ar = RunConfig.from_dict(upgrade_legacy({**old, "objective": "ar"}))
-    assert ar.to_dict()["ar"] == {} and ar.optim.lr == 2e-3
+    assert ar.to_dict()["ar"] == {"input_mask_rate": 0.0} and ar.optim.lr == 2e-3

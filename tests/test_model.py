@@ -78,4 +78,4 @@ def test_cpu_presets_step_between_tiny_and_small():
 
     sizes = [count_params(ModelConfig.from_name(p), non_embedding=True)
              for p in ("tiny", "n220k", "n400k", "n600k", "small")]
-    assert sizes == sorted(sizes) and sizes[0] == 106_816 and sizes[-1] == 705_664
+    assert sizes == sorted(sizes) and sizes[0] == 106_816 and sizes[-1] == 803_968

@@ -169,3 +169,23 @@ def test_ar_input_masking_rate_zero_is_plain_ar_and_rate_r_masks_inputs_not_targ
     assert torch.allclose(sums.nll.float(), plain.loss_sum(FixedLogits(table), x, valid), rtol=1e-5)
     with pytest.raises(ValueError, match="input_mask_rate"):
         build_objective("ar", input_mask_rate=1.0)
+
+
+@pytest.mark.parametrize("name", ["diffusion", "block_diffusion"])
+def test_curriculum_caps_the_masking_rate_where_configured_and_not_after(name):
+    extra = {"block_size": 4} if name == "block_diffusion" else {}
+    plain = build_objective(name, **extra)
+    easy = build_objective(name, curriculum_fraction=0.3, curriculum_max_t=0.2, **extra)
+
+    def draw(objective, progress):
+        gens = [torch.Generator().manual_seed(i) for i in range(64)]
+        return objective.training_noise(gens, torch.arange(64).float(), 64, torch.Generator().manual_seed(9), 16,
+                                        progress=progress)
+
+    t_easy = easy.schedule.mask_probability(draw(easy, 0.1)["strata"])
+    t_plain = plain.schedule.mask_probability(draw(plain, 0.1)["strata"])
+    assert t_easy.max() <= 0.2 + 1e-6 and t_plain.max() > 0.9  # capped during the curriculum, full range without
+    assert torch.equal(draw(easy, 0.3)["strata"], draw(plain, 0.3)["strata"])  # the full ELBO from 30 % on
+    assert easy.describe()["curriculum"] == "0.3@0.2" and plain.describe()["curriculum"] == ""
+    with pytest.raises(ValueError, match="curriculum_max_t"):
+        build_objective(name, curriculum_max_t=0.0, **extra)

@@ -47,7 +47,7 @@ class AutoregressiveObjective(Objective):
     def describe(self):
         return {**super().describe(), "input_mask_rate": self.config.input_mask_rate}
 
-    def training_noise(self, row_generators, positions, group, offset_generator, seq_len):
+    def training_noise(self, row_generators, positions, group, offset_generator, seq_len, progress=1.0):
         """Uniforms (B, T) per row: input position i is masked where u < input_mask_rate."""
         if not self.uses_training_noise:
             return None

@@ -81,10 +81,12 @@ class Objective:
         return {"mc_samples": self.eval_passes, "elbo_weight": "", "mask_eps": ""}
 
     def training_noise(self, row_generators: list[torch.Generator], positions: torch.Tensor, group: int,
-                       offset_generator: torch.Generator, seq_len: int) -> dict[str, torch.Tensor] | None:
+                       offset_generator: torch.Generator, seq_len: int,
+                       progress: float = 1.0) -> dict[str, torch.Tensor] | None:
         """Random inputs of a training batch drawn from per-row generators and a per-step one, so that
         the draws do not depend on how a global batch is split over ranks and micro-batches; None for
-        objectives without randomness."""
+        objectives without randomness. ``progress`` (step / total steps) lets the noise follow a
+        curriculum."""
         return None
 
     def loss_sum(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor,

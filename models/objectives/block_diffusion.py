@@ -197,10 +197,10 @@ class BlockDiffusionObjective(MaskedDiffusionObjective):
         level = torch.arange(n) * group + positions[:, None]  # (B, N)
         return (offset + level / (group * n)) % 1.0
 
-    def training_noise(self, row_generators, positions, group, offset_generator, seq_len):
+    def training_noise(self, row_generators, positions, group, offset_generator, seq_len, progress=1.0):
         strata = self.block_strata(positions, group, torch.rand(1, generator=offset_generator), seq_len)
         u = torch.stack([torch.rand(seq_len, generator=g) for g in row_generators])
-        return {"strata": strata, "u": u}
+        return {"strata": self.curriculum(strata, progress), "u": u}
 
     def loss_sum(self, model, x, valid, generator=None, noise=None):
         """``noise`` ({"strata": (B, N), "u": (B, T)}) fixes the draws; otherwise they come from

@@ -44,8 +44,18 @@ class DiffusionConfig(ObjectiveConfig):
         "help": "diffusion training loss: time (t ~ U(eps, 1) stratified, i.i.d. masks, weight 1/t) "
                 "or count (exactly l masked, weight L/l)"})
 
+    curriculum_fraction: float = field(default=0.0, metadata={
+        "help": "diffusion: easy-to-hard curriculum, the share of the training steps during which the masking "
+                "rate is capped at curriculum_max_t (0: off; the full ELBO throughout)"})
+    curriculum_max_t: float = field(default=0.5, metadata={
+        "help": "diffusion: the masking-rate cap during the curriculum"})
+
     def __post_init__(self) -> None:
         LinearSchedule(self.eps)  # checks eps
+        if not 0 <= self.curriculum_fraction <= 1:
+            raise ValueError(f"curriculum_fraction must lie in [0, 1], got {self.curriculum_fraction}")
+        if not self.eps < self.curriculum_max_t <= 1:
+            raise ValueError(f"curriculum_max_t must lie in (eps, 1], got {self.curriculum_max_t}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
         for name in ("eval_estimator", "train_estimator"):
@@ -73,7 +83,8 @@ class MaskedDiffusionObjective(Objective):
     def describe(self):
         c = self.config
         return {"mc_samples": c.mc_samples, "elbo_weight": {"count": "L/l", "time": "1/t"}[c.eval_estimator],
-                "mask_eps": c.eps}
+                "mask_eps": c.eps, "curriculum": f"{c.curriculum_fraction:g}@{c.curriculum_max_t:g}"
+                if c.curriculum_fraction else ""}
 
     def _weighted_ce(self, model: nn.Module, x, valid, t, u) -> torch.Tensor:
         """Per-sequence sum of CE / t over masked tokens, for noise levels t (B,) and uniforms u (B, T)."""
@@ -100,12 +111,20 @@ class MaskedDiffusionObjective(Objective):
         uniform ``offset``: (offset + position / group) mod 1."""
         return (offset + positions / group) % 1.0
 
-    def training_noise(self, row_generators, positions, group, offset_generator, seq_len):
+    def training_noise(self, row_generators, positions, group, offset_generator, seq_len, progress=1.0):
         """Noise drawn per row (its own generator) and per optimiser step (the shared offset), so the
         draws do not depend on how a global batch is split over ranks and micro-batches."""
         strata = self.strata(positions, group, torch.rand(1, generator=offset_generator))
         u = torch.stack([torch.rand(seq_len, generator=g) for g in row_generators])
-        return {"strata": strata, "u": u}
+        return {"strata": self.curriculum(strata, progress), "u": u}
+
+    def curriculum(self, strata: torch.Tensor, progress: float) -> torch.Tensor:
+        """Easy to hard: before ``curriculum_fraction`` of training (``progress`` in [0, 1]), strata are
+        scaled so that t = eps + (1 - eps) s stays at most ``curriculum_max_t``; unchanged afterwards."""
+        c = self.config
+        if progress >= c.curriculum_fraction:
+            return strata
+        return strata * (c.curriculum_max_t - c.eps) / (1 - c.eps)
 
     def loss_sum(self, model, x, valid, generator=None, noise=None):
         """``noise`` ({"strata": (B,) in [0, 1), "u": (B, T)}) fixes the draws; otherwise they come from

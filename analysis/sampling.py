@@ -55,18 +55,19 @@ def plot_frontier(rows: list[dict[str, Any]], out: Path, title: str) -> list[Pat
 
 def _label_points(ax: Any, rows: list[dict[str, Any]]) -> None:
     """Label each point of the passes-per-token panel with its steps and/or thresholds."""
-    steps: dict[tuple[float, float], list[int]] = {}
+    steps: dict[tuple[float, float], list[str]] = {}
     taus: dict[tuple[float, float], list[float]] = {}
     for r in rows:
         xy = (r["forward_passes_per_token"], r["gen_nll"])
         if r["sampler"] == "threshold":
             taus.setdefault(xy, []).append(r["threshold"])
-        elif r["sampler"] != "ar":
-            steps.setdefault(xy, []).append(r["steps"])
+        elif r["sampler"] != "ar":  # block diffusion counts its steps per block
+            unit = "steps/block" if "block" in r.get("model", "") else "steps"
+            steps.setdefault(xy, []).append(f"{r['steps']} {unit}")
     lo, hi = (math.log(v) for v in ax.get_xlim())
     for xy in {**steps, **taus}:
         t = sorted(taus.get(xy, []))
-        text = ", ".join(([f"{'/'.join(map(str, steps[xy]))} steps"] if xy in steps else [])
+        text = ", ".join(list(dict.fromkeys(steps.get(xy, [])))
                          + ([f"τ={t[0]:g}" + (f"…{t[-1]:g} ({len(t)})" if len(t) > 1 else "")] if t else []))
         right = (math.log(xy[0]) - lo) / (hi - lo) > 0.7  # label to the left of points near the right edge
         ax.annotate(text, xy, textcoords="offset points", xytext=(-4 if right else 4, 4),

@@ -167,7 +167,9 @@ def setting_labels(df: pd.DataFrame) -> pd.Series:
     present = [c for c in SETTING_COLUMNS if c in df]
     if not present:
         return pd.Series("", index=df.index)
-    columns = [(c, df[c].tolist()) for c in present]
+    # within a run, a blank cell takes the run's value (rows written before a column existed)
+    filled = {c: df.groupby("run_id")[c].transform("first").where(df[c].isna(), df[c]) for c in present}
+    columns = [(c, filled[c].tolist()) for c in present]
     return pd.Series([" ".join(f"{c}={values[i]}" for c, values in columns) for i in range(len(df))], index=df.index)
 
 

@@ -230,6 +230,11 @@ class RunConfig:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of config keys")
+        name = overrides.get("objective", data.get("objective", "ar"))
+        where = flat_keys()
+        own = {k: v for k, v in overrides.items() if where.get(k) == "objective"}
+        if own and isinstance(name, str):  # an objective flag goes to that objective's block, beating the file's
+            overrides = {**{k: v for k, v in overrides.items() if k not in own}, name: own}
         return cls.from_dict(merge(data, overrides))  # merge nests both: a flag beats either form in the file
 
     def validate(self) -> None:
@@ -249,6 +254,8 @@ class RunConfig:
                               f"not {self.attention!r}")
         for group in (self.data, self.optim, self.eval, self.run):
             group.check()
+        if self.optim.ema_decay > 0 and self.run.strategy == "fsdp":
+            raise ConfigError("ema_decay needs the whole weights on every rank: not with strategy fsdp")
         clash = sorted(set(self.model_args) & set(FIRST_CLASS_MODEL_FIELDS))
         if clash:
             raise ConfigError(f"model_args may not set {', '.join(clash)}: use --{clash[0].replace('_', '-')}"
@@ -283,7 +290,8 @@ def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
         return d
     out = {k: v for k, v in d.items() if k not in _LEGACY_DIFFUSION}
     if d.get("objective") == "diffusion":
-        out["diffusion"] = {new: d[old] for old, new in _LEGACY_DIFFUSION.items() if old in d}
+        legacy = {new: d[old] for old, new in _LEGACY_DIFFUSION.items() if old in d}
+        out["diffusion"] = {**legacy, **(d.get("diffusion") or {})}
     return out
 
 

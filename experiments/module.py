@@ -79,13 +79,13 @@ class EMA:
 
     def __init__(self, module: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters()}
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}  # fp32 whatever the weights
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
         names, params = zip(*module.named_parameters())
         shadow = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - self.decay)
+        torch._foreach_lerp_(shadow, [p.detach().to(s.dtype) for p, s in zip(params, shadow)], 1.0 - self.decay)
 
     @contextlib.contextmanager
     def applied(self, module: torch.nn.Module):
@@ -131,6 +131,7 @@ class LitLM(L.LightningModule):
         self._window = [0, 0.0]  # valid tokens (global, by the sampler) and seconds since the last log
         # first non-finite training value, kept on the device (no host sync per step): [step, value, kind]
         self._bad = torch.full((3,), -1.0, dtype=torch.float64)
+        self._pending_tokens = 0  # valid tokens of the batch being trained (set when it is moved to the device)
         self.ema = EMA(self.model, optim.ema_decay) if optim.ema_decay > 0 else None
 
     def _seeded(self, *key: int) -> torch.Generator:
@@ -170,7 +171,7 @@ class LitLM(L.LightningModule):
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
         n_step = batch.step_tokens[0].clamp_min(1)
         n_local = valid.sum()
-        self.tokens_local += n_local.cpu()
+        self.tokens_local += self._pending_tokens
         self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=x.shape[0])
         return total * scale / n_step
@@ -186,10 +187,6 @@ class LitLM(L.LightningModule):
         if self.ema is not None:
             self.ema.to(self.device)
 
-    def on_before_zero_grad(self, optimizer):  # right after each optimiser step
-        if self.ema is not None:
-            self.ema.update(self.model)
-
     def evaluation_weights(self):
         """Context: the weights validation scores (the EMA when ``ema_decay`` > 0, else the raw ones)."""
         return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
@@ -204,7 +201,9 @@ class LitLM(L.LightningModule):
         dt = time.perf_counter() - self._t0  # optimiser steps only, not evaluation
         self.train_time_s += dt
         self._window[1] += dt
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # an optimiser step just ended
+            if self.ema is not None:
+                self.ema.update(self.model)
             self._window[0] += int(batch.step_tokens[0])
             if self.trainer.global_step % self.hparams.log_every_n_steps == 0:
                 self.check_finite()
@@ -241,7 +240,9 @@ class LitLM(L.LightningModule):
         """Only tokens and their mask go to the device; the bookkeeping (step tokens, rows, positions)
         stays on the CPU, where the noise generators and the throughput counters read it without a sync."""
         if isinstance(batch, Batch):
-            return batch._replace(tokens=batch.tokens.to(device), valid=batch.valid.to(device))
+            self._pending_tokens = int(batch.valid.sum())  # counted on the CPU, before the copy
+            return batch._replace(tokens=batch.tokens.to(device, non_blocking=True),
+                                  valid=batch.valid.to(device, non_blocking=True))
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_before_optimizer_step(self, optimizer):

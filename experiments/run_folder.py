@@ -20,6 +20,7 @@ file system) is trusted while its heartbeat, the file's mtime, is younger than `
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -157,6 +158,8 @@ class RunFolder:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return owner or {"pid": "?", "host": socket.gethostname()}  # held; its content may be mid-write
+            except OSError:  # no flock on this file system: fall back to the heartbeat
+                return owner if owner and time.time() - os.fstat(fd).st_mtime < FOREIGN_STALE_S else None
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
@@ -193,6 +196,8 @@ class RunFolder:
                     os.close(fd)
                     raise FolderBusy(self.path, owner) from None
                 time.sleep(0.05)
+            except OSError:  # no flock on this file system (e.g. Lustre noflock): the heartbeat alone guards it
+                break
         os.ftruncate(fd, 0)
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         os.pwrite(fd, json.dumps(owner).encode(), 0)
@@ -206,7 +211,7 @@ class RunFolder:
             try:
                 os.utime(fd)
             except OSError:
-                return
+                continue  # a transient error of a network file system: try again at the next beat
 
     def release_lock(self) -> None:
         fd = getattr(self, "_lock_fd", None)
@@ -214,7 +219,8 @@ class RunFolder:
             return
         self._heartbeat.set()
         os.ftruncate(fd, 0)  # the file stays (unlinking a locked file races with the next taker)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
         self._lock_fd = None
 

@@ -162,3 +162,15 @@ def test_runs_that_differ_in_a_setting_are_two_curves_not_two_seeds() -> None:
     points = aggregate_points(validate_results(pd.DataFrame(rows)))
     assert len(points) == 4 and set(points["n_seeds"]) == {1} and points["curve"].nunique() == 2
     assert sorted(points["val_loss"].unique()) == [4.0, 5.0]  # not averaged into 4.5
+
+
+def test_a_run_resumed_across_a_new_column_stays_one_curve() -> None:
+    rows = []
+    for epochs, ema in ((1, ""), (2, "0.0")):  # the column did not exist when epoch 1 was written
+        rows.append({"run_id": "ar-1", "objective": "ar", "attention": "dense", "model": "tiny", "params": 200,
+                     "non_embedding_params": 100, "unique_tokens": 1000, "epochs": epochs,
+                     "tokens_seen": 1000 * epochs, "flops": 6 * 100 * 1000 * epochs, "val_loss": 5.0 - epochs,
+                     "seed": 0, "ema_decay": ema})
+    table = pd.DataFrame(rows).astype(str)
+    points = aggregate_points(validate_results(table))
+    assert points["curve"].nunique() == 1

@@ -88,3 +88,12 @@ def test_configs_of_older_run_folders_are_read_as_today():
                                                    train_estimator="count")
     ar = RunConfig.from_dict(upgrade_legacy({**old, "objective": "ar"}))
     assert ar.to_dict()["ar"] == {"input_mask_rate": 0.0} and ar.optim.lr == 2e-3
+
+
+def test_an_objective_flag_beats_the_objective_block_of_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("objective: diffusion\ndiffusion: {eps: 0.01, mc_samples: 8}\n")
+    cfg = RunConfig.from_yaml(path, eps=0.002)
+    assert cfg.objective_config.eps == 0.002 and cfg.objective_config.mc_samples == 8
+    with pytest.raises(ConfigError, match="not with strategy fsdp"):
+        RunConfig.from_dict({"ema_decay": 0.99, "strategy": "fsdp"})

@@ -321,3 +321,16 @@ def test_ema_run_evaluates_and_saves_the_averaged_weights(corpus_spec, tmp_path)
     loaded = load_checkpoint(ema).model.state_dict()
     assert all(torch.equal(loaded[n], t) for n, t in ckpt["ema"].items())
     assert not all(torch.equal(ckpt["state_dict"]["model." + n], t) for n, t in ckpt["ema"].items())
+
+
+def test_ema_keeps_an_fp32_average_of_low_precision_weights():
+    import torch
+
+    from experiments.module import EMA
+
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # bf16 weights, fp32 average: no dtype error
+    assert ema.shadow["weight"].dtype == torch.float32

@@ -14,6 +14,7 @@ the cells, and rows are never duplicated or lost.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -114,6 +115,14 @@ def status_table(root: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def _global_rank() -> int:
+    """This process's rank in a multi-device or multi-node cell (0 for a single process): only rank 0 locks."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
     """Train one cell in this process (used by workers and SLURM jobs); returns its final status.
     ``threads`` applies unless the cell's config sets its own."""
@@ -128,7 +137,7 @@ def run_cell(root: str | Path, cell_id: str, threads: int = 0) -> str:
     run = dataclasses.replace(cell.config.run, threads=cell.config.run.threads or threads)
     cfg = dataclasses.replace(cell.config, run=run)
     try:
-        train(cfg, folder.path, run_id=cell.id, on_start=lambda _: folder.take_lock())
+        train(cfg, folder.path, run_id=cell.id, on_start=lambda _: folder.take_lock() if _global_rank() == 0 else None)
         folder.clear_errors()
         return "done"
     except FolderBusy as e:

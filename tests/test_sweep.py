@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from experiments.cli import main
+from experiments.config import ConfigError
 from experiments.run_folder import RunFolder
 from experiments.sweep import SweepSpec, preset_names
 
@@ -235,3 +236,15 @@ def test_the_lock_dies_with_its_process_and_a_silent_foreign_lock_goes_stale(tmp
     old = time.time() - 3600
     os.utime(tmp_path / "lock.json", (old, old))
     assert folder.lock_owner() is None  # no heartbeat for an hour: stale
+
+
+def test_any_training_setting_is_an_axis_and_names_its_cells():
+    spec = SweepSpec.from_dict({"axes": {"objective": ["ar", "diffusion"], "unique_tokens": [1000], "epochs": [2],
+                                         "lr": [1e-3, 2e-3], "input_mask_rate": [0.0, 0.2]}})
+    cells = {c.id: c.config for c in spec.cells()}
+    assert len(cells) == 6  # input masking applies to AR only: 2 x 2 AR cells, 2 diffusion cells
+    cfg = cells["ar-input_mask_rate0.2-U1000-E2-tiny-dense-s0-lr0.002"]
+    assert cfg.optim.lr == 2e-3 and cfg.objective_config.input_mask_rate == 0.2
+    assert cells["diffusion-U1000-E2-tiny-dense-s0-lr0.001"].optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="unknown axis 'corpus'"):
+        SweepSpec.from_dict({"axes": {"corpus": ["stdlib"]}})

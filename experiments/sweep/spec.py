@@ -33,11 +33,17 @@ from typing import Any
 
 import yaml
 
-from experiments.config import ConfigError, RunConfig, lookup, merge
+from experiments.config import ConfigError, RunConfig, flat_keys, lookup, merge
 from models import count_params
 from models.objectives import OBJECTIVES
 
 AXES = ("objective", "unique_tokens", "epochs", "compute", "model", "attention", "seed")
+
+
+def setting_axes() -> set[str]:
+    """Other run-config keys that may be axes (``lr``, ``weight_decay``, ``ema_decay``, ...): each cell
+    id then names the value (``-lr0.002``)."""
+    return {k for k, where in flat_keys().items() if where not in ("", "objective", "run")} - {"corpus", "eval_epochs"}
 
 
 def objective_axes() -> dict[str, set[str]]:
@@ -113,9 +119,10 @@ class SweepSpec:
         if not isinstance(axes, dict) or not axes:
             raise ConfigError(f"sweep spec {source!r} needs a non-empty 'axes' mapping")
         for name, values in axes.items():
-            if name not in AXES and name not in objective_axes():
-                raise ConfigError(f"sweep spec {source!r}: unknown axis {name!r}; axes are {', '.join(AXES)} "
-                                  f"and the objectives' settings ({', '.join(objective_axes())})")
+            if name not in AXES and name not in objective_axes() and name not in setting_axes():
+                raise ConfigError(f"sweep spec {source!r}: unknown axis {name!r}; axes are {', '.join(AXES)}, "
+                                  f"the objectives' settings ({', '.join(objective_axes())}) and any other "
+                                  "crossover train key (lr, weight_decay, ema_decay, ...)")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"sweep spec {source!r}: axis {name!r} is empty (give a non-empty list)")
         if "epochs" in axes and "compute" in axes:
@@ -197,4 +204,6 @@ def _cell_id(cfg: RunConfig, point: dict[str, Any]) -> str:
     if "compute" in point:
         parts.append(f"C{float(point['compute']):.0e}".replace("+", ""))
     parts += [cfg.attention, f"s{cfg.seed}"]
+    parts += [f"{k}{point[k]:g}" if isinstance(point[k], float) else f"{k}{point[k]}"
+              for k in point if k in setting_axes() and k not in AXES]  # e.g. lr0.002
     return "-".join(str(p) for p in parts)

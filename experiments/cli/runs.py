@@ -243,7 +243,7 @@ def cmd_sweep_list(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parsers
 def register(sub: Any) -> None:
     """The verbs of this module on the ``crossover`` subparsers ``sub``."""
-    p = sub.add_parser("train", help="train one run (AR or diffusion) on an exact unique-token budget",
+    p = sub.add_parser("train", help="train one run (AR, diffusion or block diffusion) on an exact unique-token budget",
                        description="Train one run. Flags override --config (YAML), which overrides the defaults. "
                                    "Rerunning on the same --out resumes it (or does nothing when complete).")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds the same run)")

@@ -62,8 +62,7 @@ def _label_points(ax: Any, rows: list[dict[str, Any]]) -> None:
         if r["sampler"] == "threshold":
             taus.setdefault(xy, []).append(r["threshold"])
         elif r["sampler"] != "ar":  # block diffusion counts its steps per block
-            unit = "steps/block" if "block" in r.get("model", "") else "steps"
-            steps.setdefault(xy, []).append(f"{r['steps']} {unit}")
+            steps.setdefault(xy, []).append(f"{r['steps']} {r.get('steps_unit', 'steps')}")
     lo, hi = (math.log(v) for v in ax.get_xlim())
     for xy in {**steps, **taus}:
         t = sorted(taus.get(xy, []))

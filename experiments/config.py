@@ -25,6 +25,7 @@ every run folder as ``config.yaml``) is the nested form. Types are checked from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,7 +269,8 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def flat_keys() -> dict[str, str]:
+@functools.cache
+def flat_keys() -> dict[str, str]:  # cached: callers only read it
     """Flat key -> where it lives: a group name, "" (top level) or "objective"."""
     where = {f.name: "" for f in dataclasses.fields(RunConfig) if f.name not in ("objective_config", *GROUPS)}
     for g, cls in GROUPS.items():
@@ -284,14 +286,16 @@ _LEGACY_DIFFUSION = {"diffusion_eps": "eps", "mc_samples": "mc_samples", "elbo_e
 
 
 def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
-    """A config.yaml of an older run folder in today's form: its flat diffusion settings go to the
-    ``diffusion`` block (dropped for other objectives, which never used them). Others pass unchanged."""
+    """A config.yaml of an older run folder in today's form: its flat diffusion settings go to the block
+    of its objective when that objective has them (dropped for the others, which never used them)."""
     if not any(k in d for k in ("diffusion_eps", "elbo_estimator")):
         return d
     out = {k: v for k, v in d.items() if k not in _LEGACY_DIFFUSION}
-    if d.get("objective") == "diffusion":
-        legacy = {new: d[old] for old, new in _LEGACY_DIFFUSION.items() if old in d}
-        out["diffusion"] = {**legacy, **(d.get("diffusion") or {})}
+    name = d.get("objective", "ar")
+    fields = _fields(OBJECTIVES[name]) if name in OBJECTIVES else set()
+    legacy = {new: d[old] for old, new in _LEGACY_DIFFUSION.items() if old in d and new in fields}
+    if legacy:
+        out[name] = {**legacy, **(d.get(name) or {})}
     return out
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from experiments.checkpoint import CheckpointError, LoadedRun, load_checkpoint, resolve_checkpoint
+from models.objectives import objective_class
 
 #: file that marks a crossover export and holds what the loader needs
 META_FILE = "crossover.json"
@@ -109,23 +110,28 @@ def llama_config(model_config: Any, tokenizer: Any, objective: str) -> dict[str,
         "rms_norm_eps": c.norm_eps, "rope_theta": theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": theta},
         "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
-        "initializer_range": c.init_std, "pretraining_tp": 1, "use_cache": objective == "ar",
-        "is_causal": objective == "ar", "torch_dtype": "float32", "dtype": "float32",
+        "initializer_range": c.init_std, "pretraining_tp": 1, "use_cache": _causal(objective),
+        "is_causal": _causal(objective), "torch_dtype": "float32", "dtype": "float32",
         "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id, "mask_token_id": tokenizer.mask_token_id,
     }
 
 
-#: objectives with a Hugging Face mapping (AR: causal Llama; diffusion: bidirectional Llama predicting x0)
-EXPORTABLE_OBJECTIVES = ("ar", "diffusion")
+#: decodings with a Hugging Face mapping (left to right: causal Llama; parallel: bidirectional Llama
+#: predicting x0); a blockwise objective's block-causal mask is no Llama setting
+EXPORTABLE_DECODINGS = ("left_to_right", "parallel")
+
+
+def _causal(objective: str) -> bool:
+    return objective_class(objective).causal
 
 
 def check_exportable(model_config: Any, objective: str) -> None:
     """Refuse backbones that are not a Llama (block-sparse attention kinds) and objectives without a
-    mapping (block diffusion's block-causal mask is no Llama setting)."""
-    if objective not in EXPORTABLE_OBJECTIVES:
-        raise ExportError(f"objective {objective!r} has no Hugging Face export; exportable: "
-                          f"{', '.join(EXPORTABLE_OBJECTIVES)}")
+    mapping (``Objective.decoding`` not in ``EXPORTABLE_DECODINGS``)."""
+    if objective_class(objective).decoding not in EXPORTABLE_DECODINGS:
+        raise ExportError(f"objective {objective!r} has no Hugging Face export; exportable: objectives that "
+                          f"decode {' or '.join(EXPORTABLE_DECODINGS)}")
     if model_config.attention != "dense":
         raise ExportError(f"attention kind {model_config.attention!r} has no Hugging Face counterpart; only dense "
                           "runs export to Llama")
@@ -141,7 +147,7 @@ def export_tokenizer(tokenizer: Any, objective: str, seq_len: int) -> Any:
     eod = tokenizer.eos_token
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     extra: dict[str, Any] = {}
-    if objective == "ar":
+    if _causal(objective):
         backend.post_processor = processors.TemplateProcessing(
             single=f"{eod} $A", pair=f"{eod} $A $B", special_tokens=[(eod, tokenizer.eos_token_id)])
         extra["bos_token"] = eod
@@ -232,7 +238,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def model_card(meta: dict[str, Any]) -> str:
     """README.md of the export: what was trained on what, how well, and how to load it."""
-    ar = meta["objective"] == "ar"
+    ar = _causal(meta["objective"])
     loss = "exact NLL" if ar else f"ELBO (upper bound on the NLL), {_fmt(meta.get('val_mc_samples'), '.0f')} MC draws"
     se = f" ± {meta['val_loss_se']:.4f}" if not ar and meta.get("val_loss_se") is not None else ""
     at = f" (after epoch {_fmt(meta.get('val_epochs'), '.0f')})" if meta.get("val_loss") is not None else ""
@@ -303,7 +309,7 @@ def write_export(run: LoadedRun, meta: dict[str, Any], folder: Path) -> None:
     cfg, tok = run.model.config, run.tokenizer
     save_file(to_llama_state_dict(run.model), folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(llama_config(cfg, tok, run.objective), indent=2) + "\n")
-    if run.objective == "ar":
+    if _causal(run.objective):
         GenerationConfig(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id).save_pretrained(folder)
     save_tokenizer(export_tokenizer(tok, run.objective, cfg.seq_len), folder)
@@ -317,7 +323,7 @@ def probe_input(model_config: Any, objective: str, mask_id: int, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     T = min(model_config.seq_len, 64)
     ids = torch.randint(3, model_config.vocab_size, (2, T), generator=g)  # (2, T)
-    if objective == "diffusion":
+    if not _causal(objective):
         ids = torch.where(torch.rand(2, T, generator=g) < 0.5, torch.full_like(ids, mask_id), ids)
     return ids
 
@@ -357,7 +363,7 @@ def export_run(path: str | Path, out: str | Path, *, overwrite: bool = False, ve
             ids = probe_input(run.model.config, run.objective, run.tokenizer.mask_token_id)
             diff = hf_logits_diff(tmp, run.model, ids)
             if not diff <= VERIFY_TOLERANCE:
-                hint = " (this transformers ignores config.is_causal; upgrade it)" if run.objective != "ar" else ""
+                hint = " (this transformers ignores config.is_causal; upgrade it)" if not _causal(run.objective) else ""
                 raise ExportError(f"transformers does not reproduce the model: max |logit diff| {diff:.3g} > "
                                   f"{VERIFY_TOLERANCE:g}{hint}")
         if out.exists():

@@ -46,12 +46,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from experiments.checkpoint import LoadedRun, load_checkpoint
+from models.objectives import objective_class
 from models.sampling import SAMPLER_OPTIONS, SAMPLERS, LogitsProcessor, build_sampler, generate
 
 #: lm-eval model name of ``CrossoverLM``
 MODEL_NAME = "crossover"
-#: objectives the adapter scores (AR exactly, masked diffusion by its conditional ELBO)
-SCORED_OBJECTIVES = ("ar", "diffusion")
+#: decodings the adapter scores (left to right exactly, parallel masked diffusion by its conditional ELBO)
+SCORED_DECODINGS = ("left_to_right", "parallel")
 
 
 class EvalError(ValueError):
@@ -207,13 +208,14 @@ class CrossoverLM(TemplateLM):
         if int(mc_samples) < 1:
             raise EvalError(f"mc_samples must be at least 1, got {mc_samples}")
         self.run = pretrained if isinstance(pretrained, LoadedRun) else load_checkpoint(pretrained)
-        if self.run.objective not in SCORED_OBJECTIVES:
-            raise EvalError(f"objective {self.run.objective!r} has no lm-eval scoring yet; scored: "
-                            f"{', '.join(SCORED_OBJECTIVES)}")
+        if objective_class(self.run.objective).decoding not in SCORED_DECODINGS:
+            raise EvalError(f"objective {self.run.objective!r} has no lm-eval scoring yet; scored: objectives "
+                            f"that decode {' or '.join(SCORED_DECODINGS)}")
         self._device = torch.device(device)
         self.model = self.run.model.to(self._device).eval()
         self.tokenizer = self.run.tokenizer
         self.objective = self.run.objective
+        self.causal = objective_class(self.objective).causal  # exact NLL left to right, else the masked ELBO
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.sampler, self.steps, self.block_length, self.threshold = sampler, steps, block_length, threshold
@@ -247,7 +249,7 @@ class CrossoverLM(TemplateLM):
     @property
     def window(self) -> int:
         """Tokens of context + continuation one pass scores: the AR input drops the last token."""
-        return self.max_length + (1 if self.objective == "ar" else 0)
+        return self.max_length + (1 if self.causal else 0)
 
     def score_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[ElboEstimate]:
         """Log-likelihood of each (context, continuation), contexts starting with [EOD]: exact for
@@ -264,12 +266,12 @@ class CrossoverLM(TemplateLM):
             o = out[i]
             out[i] = ElboEstimate(o.loglikelihood + e.loglikelihood, math.hypot(o.stderr, e.stderr),
                                   o.tokens + e.tokens, o.greedy and e.greedy)
-        self.mc_estimates += out if self.objective != "ar" else []
+        self.mc_estimates += out if not self.causal else []
         return out
 
     def _score_pieces(self, pieces: list[tuple[list[int], list[int]]]) -> list[ElboEstimate]:
         """Scores of pieces that fit the window."""
-        if self.objective == "ar":
+        if self.causal:
             scores = ar_loglikelihoods(self.model, pieces, pad_id=self.tokenizer.pad_token_id,
                                        batch_size=self.batch_size)
             return [ElboEstimate(ll, 0.0, len(x), g) for (ll, g), (_, x) in zip(scores, pieces)]
@@ -304,12 +306,12 @@ class CrossoverLM(TemplateLM):
         temperature = float(gen_kwargs.get("temperature", self.temperature)) if sample else 0.0
         tok = self.tokenizer
         ids = self.tok_encode(context)
-        window = self.max_length - (0 if self.objective == "ar" else 1)  # diffusion: [EOD] is in the template
+        window = self.max_length - (0 if self.causal else 1)  # diffusion: [EOD] is in the template
         n, keep = generation_length(len(ids), int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)), window)
         prompt = torch.tensor(ids[len(ids) - keep :], dtype=torch.long, device=self._device)[None]  # (1, P)
         processor = LogitsProcessor((tok.mask_token_id, tok.pad_token_id), temperature)
         generator = torch.Generator(self._device).manual_seed(self.seed)
-        if self.objective == "ar":
+        if self.causal:
             result = generate(self.model, prompt, n, processor=processor, generator=generator,
                               start_id=tok.eos_token_id)
         else:

@@ -205,9 +205,10 @@ class LitLM(L.LightningModule):
             if self.ema is not None:
                 self.ema.update(self.model)
             self._window[0] += int(batch.step_tokens[0])
-            if self.trainer.global_step % self.hparams.log_every_n_steps == 0:
-                self.check_finite()
-            if self.trainer.global_step % self.hparams.log_every_n_steps == 0 and self._window[1] > 0:
+            if self.trainer.global_step % self.hparams.log_every_n_steps != 0:
+                return
+            self.check_finite()
+            if self._window[1] > 0:
                 tokens_per_s = self._window[0] / self._window[1]
                 metrics = {"perf/tokens_per_s": tokens_per_s,
                            "perf/model_flops_per_s": tokens_per_s * self.flops_per_token}
@@ -245,13 +246,16 @@ class LitLM(L.LightningModule):
                                   valid=batch.valid.to(device, non_blocking=True))
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def on_before_optimizer_step(self, optimizer):
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return  # fp16 loss scaling: inf gradients are expected on overflow steps, which the scaler skips
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # before clipping
-            self._watch(1, norm)
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Called by Lightning every step: one gradient-norm computation both clips (when ``grad_clip`` is
+        set; with an infinite bound it scales by exactly 1) and is watched for divergence."""
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if scaled or self.trainer.strategy.__class__.__name__.startswith("FSDP"):
+            # fp16 loss scaling: inf norms on overflow steps are expected (the scaler skips them);
+            # FSDP: the norm needs the sharded model's own clipping. Lightning's path, nothing watched.
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = self.trainer.precision_plugin.main_params(optimizer)
+        self._watch(1, torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf")))
 
     def configure_optimizers(self):
         o = self.optim

@@ -53,9 +53,8 @@ def format_duration(seconds: float) -> str:
 
 
 def count_valid_tokens(batch: Any) -> int | torch.Tensor:
-    """Tokens in a training batch: the valid-token mask of the suite's ``(x, valid, ...)`` batches
-    when there is one (a 0-d tensor on the batch's device, so counting never waits for the device;
-    ``LineProgress`` reads the sum once per line), else the elements of the first tensor."""
+    """Tokens of a micro-batch without ``step_tokens`` (other modules' batches): the sum of its valid-token
+    mask (a 0-d tensor, read once per line, no per-step sync) or the first tensor's elements."""
     if isinstance(batch, (tuple, list)) and len(batch) > 1 and torch.is_tensor(batch[1]):
         if batch[1].dtype == torch.bool:
             return batch[1].sum()
@@ -97,7 +96,11 @@ class LineProgress(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        self._window[0] += self.count_tokens(batch) * trainer.world_size
+        step_tokens = getattr(batch, "step_tokens", None)  # the suite's Batch: the whole step's count, on the CPU
+        if step_tokens is None:
+            self._window[0] += self.count_tokens(batch) * trainer.world_size
+        elif (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self._window[0] += int(step_tokens[0])
         self._window[1] += now - self._t_batch
         if now - self._t_line >= max(self.interval_s, (now - self._t_start) * HEARTBEAT_FRACTION):
             self._write(trainer, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} (in progress)")

@@ -153,16 +153,21 @@ def _block_decoder(run: LoadedRun, sampler: str, options: dict[str, Any], proces
                                  steps=options.get("steps"), threshold=options.get("threshold"))
 
 
-#: how a checkpoint of each non-causal objective decodes a template (causal ones decode left to right)
-DECODERS: dict[str, Callable] = {"diffusion": _diffusion_decoder, "block_diffusion": _block_decoder}
+#: the samplers of the objectives that do not decode left to right, by their ``Objective.decoding``
+DECODERS: dict[str, Callable] = {"parallel": _diffusion_decoder, "blockwise": _block_decoder}
+
+
+def decoding(run: LoadedRun) -> str:
+    """How the run's objective generates (``Objective.decoding``)."""
+    return objective_class(run.objective).decoding
 
 
 def decoder(run: LoadedRun, sampler: str, options: dict[str, Any], processor: LogitsProcessor,
             num_masked: int) -> Callable:
     """``(model, template (B, T), generator) -> SampleResult`` for a non-causal run."""
-    if run.objective not in DECODERS:
-        raise SamplingError(f"no sampler for objective {run.objective!r}")
-    return DECODERS[run.objective](run, sampler, {k: v for k, v in options.items() if v is not None}, processor,
+    if decoding(run) not in DECODERS:
+        raise SamplingError(f"objective {run.objective!r} decodes {decoding(run)}: it has no parallel sampler")
+    return DECODERS[decoding(run)](run, sampler, {k: v for k, v in options.items() if v is not None}, processor,
                                    num_masked)
 
 
@@ -173,7 +178,7 @@ def generate_samples(run: LoadedRun, template: Template, num: int, *, processor:
     block_length, threshold; None for the default) apply to the sampler of a non-causal run."""
     if num < 1:
         raise SamplingError(f"--num must be at least 1, got {num}")
-    causal = objective_class(run.objective).causal
+    causal = decoding(run) == "left_to_right"
     if causal and template.prompt_length is None:
         raise SamplingError("an AR checkpoint cannot infill: it only continues a prompt (use a diffusion checkpoint)")
     if not causal:
@@ -214,12 +219,12 @@ def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- bench sample
-def load_kind(path: str, objectives: tuple[str, ...], role: str) -> LoadedRun:
-    """The run at ``path``, refused unless its objective is one of ``objectives`` (``role`` names it)."""
+def load_kind(path: str, decodings: tuple[str, ...], role: str) -> LoadedRun:
+    """The run at ``path``, refused unless its objective decodes in one of ``decodings`` (``role`` names it)."""
     run = load_checkpoint(path)
-    if run.objective not in objectives:
-        raise CheckpointError(f"{role} {path!r} holds a {run.objective!r} run; {role} must be a "
-                              f"{' or '.join(map(repr, objectives))} checkpoint")
+    if decoding(run) not in decodings:
+        raise CheckpointError(f"{role} {path!r} holds a {run.objective!r} run, which decodes {decoding(run)}; "
+                              f"{role} must decode {' or '.join(decodings)}")
     return run
 
 
@@ -271,7 +276,8 @@ def _bench_row(ar: LoadedRun, run: LoadedRun, name: str, options: dict[str, Any]
     nll = generative_nll(ar.model.to(tokens.device), tokens, template.prompt_length, ar.tokenizer.eos_token_id).cpu()
     generated = num * template.num_masked
     return {
-        "model": family(run), "sampler": name, "steps": options.get("steps"), "threshold": options.get("threshold"),
+        "model": family(run), "steps_unit": "steps/block" if decoding(run) == "blockwise" else "steps",
+        "sampler": name, "steps": options.get("steps"), "threshold": options.get("threshold"),
         "block_length": options.get("block_length"), "samples": num, "new_tokens": template.num_masked,
         "forward_passes_per_token": sum(r.forward_passes for r in results) / generated,
         "tokens_per_s": generated / seconds,

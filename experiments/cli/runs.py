@@ -160,7 +160,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {len(cells)} cells in {root}", file=sys.stderr)
     report = partial(print, file=sys.stderr)
     if args.executor == "local":
-        with _cell_bar(len(cells), enabled=not args.no_progress) as bar:
+        with _CellBar(len(cells), enabled=not args.no_progress) as bar:
             results = sweep.run_local(root, cells, args.workers, report=bar.write, progress=bar.update_to)
     else:
         cluster = "local" if args.executor == "submitit-local" else None
@@ -178,7 +178,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     return 1 if failed or diverged else 0
 
 
-class _cell_bar:
+class _CellBar:
     """tqdm bar of finished cells on a terminal; in a log file, a plain line when a cell finishes and at
     most one a minute otherwise (no carriage-return redraws)."""
 
@@ -206,7 +206,7 @@ class _cell_bar:
     def write(self, line: str) -> None:
         (self.bar.write if self.tty else partial(print, file=sys.stderr, flush=True))(line)
 
-    def __enter__(self) -> _cell_bar:
+    def __enter__(self) -> _CellBar:
         return self
 
     def __exit__(self, *exc: object) -> None:

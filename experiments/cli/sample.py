@@ -16,12 +16,12 @@ from experiments.sampling import (
     bench_points,
     bench_sample,
     build_template,
+    decoding,
     family,
     generate_samples,
     load_kind,
     make_processor,
 )
-from models.objectives import objective_class
 from models.sampling import SAMPLERS, SamplingError
 
 
@@ -57,7 +57,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     processor = make_processor(run.tokenizer, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                allow_eod=args.allow_eod)
     sampler = args.sampler or "ancestral"
-    causal = objective_class(run.objective).causal
+    causal = decoding(run) == "left_to_right"
     options = {} if causal else {"steps": args.steps, "block_length": args.block_length, "threshold": args.threshold}
     result, seconds = generate_samples(run, template, args.num, processor=processor, sampler=sampler,
                                        options=options, seed=args.seed, device=args.device)
@@ -119,7 +119,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     from analysis.sampling import plot_frontier
     from data.tokenizer import tokenizer_hash
 
-    ar = load_kind(args.ar_checkpoint, ("ar",), "AR_CKPT")
+    ar = load_kind(args.ar_checkpoint, ("left_to_right",), "AR_CKPT")
     parallel = [load_kind(p, tuple(DECODERS), "DIFF_CKPT") for p in args.parallel_checkpoints]
     if any(tokenizer_hash(ar.tokenizer) != tokenizer_hash(run.tokenizer) for run in parallel):
         raise CheckpointError("the AR and diffusion checkpoints use different tokenizers: the AR model cannot score "

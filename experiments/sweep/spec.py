@@ -24,6 +24,7 @@ Expanding a spec builds no model: parameter counts come in closed form (``models
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -40,13 +41,16 @@ from models.objectives import OBJECTIVES
 AXES = ("objective", "unique_tokens", "epochs", "compute", "model", "attention", "seed")
 
 
-def setting_axes() -> set[str]:
+@functools.cache
+def setting_axes() -> frozenset[str]:
     """Other run-config keys that may be axes (``lr``, ``weight_decay``, ``ema_decay``, ...): each cell
     id then names the value (``-lr0.002``)."""
-    return {k for k, where in flat_keys().items() if where not in ("", "objective", "run")} - {"corpus", "eval_epochs"}
+    return frozenset(k for k, where in flat_keys().items()
+                     if where not in ("", "objective", "run") and k not in ("corpus", "eval_epochs"))
 
 
-def objective_axes() -> dict[str, set[str]]:
+@functools.cache
+def objective_axes() -> dict[str, set[str]]:  # cached: callers only read it
     """Axes that set an objective's own setting (e.g. ``block_size``) -> the objectives that have it.
     Such an axis applies to those objectives' cells only ("tune per objective"); other cells ignore it."""
     out: dict[str, set[str]] = {}

@@ -38,6 +38,7 @@ class ARConfig(ObjectiveConfig):
 class AutoregressiveObjective(Objective):
     name = "ar"
     causal = True
+    decoding = "left_to_right"
     Config = ARConfig
 
     @property

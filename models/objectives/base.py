@@ -9,7 +9,7 @@ objective is one file in this folder plus one line in ``OBJECTIVES`` (``__init__
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -55,6 +55,9 @@ class Objective:
     name: ClassVar[str]
     #: attention direction the backbone must use with this objective
     causal: ClassVar[bool]
+    #: how a trained model generates: token by token (``left_to_right``), a whole template in parallel
+    #: (``parallel``: the masked-diffusion samplers), or blocks left to right, parallel inside (``blockwise``)
+    decoding: ClassVar[Literal["left_to_right", "parallel", "blockwise"]]
     #: the objective's settings class
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     #: whether the objective passes its own attention mask to the backbone (only some attention kinds take one)

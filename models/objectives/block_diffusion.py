@@ -150,6 +150,7 @@ class BlockDiffusionObjective(MaskedDiffusionObjective):
     # Neither causal nor bidirectional: every pass brings its own mask (``BlockMask``), which replaces
     # the config's flag. Declared bidirectional so that a plain ``model(ids)`` is one block (b >= T).
     causal = False
+    decoding = "blockwise"
     needs_attention_mask = True
     Config = BlockDiffusionConfig
 

@@ -66,6 +66,7 @@ class DiffusionConfig(ObjectiveConfig):
 class MaskedDiffusionObjective(Objective):
     name = "diffusion"
     causal = False
+    decoding = "parallel"
     Config = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig | None = None, ids: TokenIds = TokenIds()):

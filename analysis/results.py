@@ -57,7 +57,8 @@ REFERENCE_FAMILY = "ar"
 #: Training settings that make two runs different curves, not seed replicates, when a table has them
 #: (a sweep over learning rates or regularisers); tables without them group as before.
 SETTING_COLUMNS: tuple[str, ...] = ("lr", "schedule", "batch_size", "seq_len", "vocab_size", "input_mask_rate",
-                                    "ema_decay", "curriculum", "mask_eps", "mc_samples", "elbo_weight", "corpus")
+                                    "weight_decay", "resid_dropout", "attn_dropout", "embd_dropout", "ema_decay",
+                                    "curriculum", "mask_eps", "mc_samples", "elbo_weight", "corpus")
 
 #: Columns that identify one run (curve); rows of one curve that differ only in epochs are its points.
 CURVE_KEYS: list[str] = ["attention", "family", "model", "non_embedding_params", "unique_tokens", "run_epochs",

@@ -59,7 +59,11 @@ EXTRA_COLUMNS: dict[str, str] = {
     "batch_size": "int",
     "lr": "float",
     "schedule": "str",
+    "weight_decay": "float",
     "ema_decay": "float",  # 0: the raw weights were evaluated; > 0: their exponential moving average
+    "resid_dropout": "float",  # dropout on the attention and MLP outputs (models.config.DROPOUT_SITES)
+    "attn_dropout": "float",  # dropout on the attention probabilities
+    "embd_dropout": "float",  # dropout on the token embeddings
     "corpus": "str",
     "corpus_fingerprint": "str",
     "tokenizer_hash": "str",

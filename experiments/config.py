@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
-from models.config import ModelConfig
+from models.config import DROPOUT_SITES, ModelConfig
 from models.objectives import OBJECTIVES, ObjectiveConfig, objective_class
 
 
@@ -90,6 +90,12 @@ class OptimArgs:
     grad_clip: float = _f(1.0, "gradient-norm clipping (0 disables)")
     ema_decay: float = _f(0.0, "exponential moving average of the weights, updated every optimiser step; "
                                "validation, sampling and export use the average (0: off, the raw weights)")
+    # dropout per site (regularisers like weight_decay; they set the backbone's fields of the same name)
+    resid_dropout: float | None = _f(None, "dropout on the attention and MLP outputs before each residual add "
+                                           "(None: model_args' dropout, else 0)")
+    attn_dropout: float | None = _f(None, "dropout on the attention probabilities, dense attention only "
+                                          "(None: model_args' dropout, else 0)")
+    embd_dropout: float | None = _f(None, "dropout on the token embeddings (None: model_args' dropout, else 0)")
 
     def check(self) -> None:
         _positive(self, "batch_size", "lr")
@@ -97,8 +103,8 @@ class OptimArgs:
         for name in ("decay_fraction", "min_lr_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("beta1", "beta2", "ema_decay"):
-            if not 0 <= getattr(self, name) < 1:
+        for name in ("beta1", "beta2", "ema_decay", *DROPOUT_SITES):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
@@ -151,7 +157,7 @@ GROUPS: dict[str, type] = {"data": DataArgs, "optim": OptimArgs, "eval": EvalArg
 
 #: fields of ModelConfig with a first-class flag; ``model_args`` may not set them
 FIRST_CLASS_MODEL_FIELDS = ("attention", "attn_block", "attn_topk", "attn_window", "attn_stride", "causal",
-                            "vocab_size")
+                            "vocab_size", *DROPOUT_SITES)
 
 
 @dataclass
@@ -165,7 +171,7 @@ class RunConfig:
     attn_topk: int | None = _f(None, "key blocks selected per query block, nsa and topk (None: the preset's, 4)")
     attn_window: int | None = _f(None, "sliding window in tokens, window and nsa (None: the preset's, 128)")
     attn_stride: int | None = _f(None, "NSA compression stride in tokens (None: attn_block // 2)")
-    model_args: dict = _f({}, "other overrides of the model preset's fields, e.g. {n_layer: 6, dropout: 0.1}")
+    model_args: dict = _f({}, "other overrides of the model preset's fields, e.g. {n_layer: 6, d_model: 96}")
     seed: int = _f(0, "seed of initialisation, data order within epochs and diffusion noise")
     objective_config: ObjectiveConfig | None = field(default=None, metadata={"help": "the objective's settings"})
     data: DataArgs = field(default_factory=DataArgs)
@@ -179,9 +185,10 @@ class RunConfig:
 
     # ------------------------------------------------------------------ derived
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """The backbone config: preset + model_args + attention settings + causal flag from the objective."""
+        """The backbone config: preset + model_args + attention and dropout settings + the objective's causal flag."""
         attn = {k: getattr(self, k) for k in FIRST_CLASS_MODEL_FIELDS[1:5] if getattr(self, k) is not None}
-        args = {**self.model_args, **attn, "attention": self.attention,
+        drop = {k: getattr(self.optim, k) for k in DROPOUT_SITES if getattr(self.optim, k) is not None}
+        args = {**self.model_args, **attn, **drop, "attention": self.attention,
                 "causal": objective_class(self.objective).causal, "vocab_size": vocab_size or self.data.vocab_size}
         return ModelConfig.from_name(self.model, **args)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from analysis.table import flops
 from experiments.config import ConfigError, RunConfig
 from models import ModelConfig, count_params
+from models.config import DROPOUT_SITES
 from models.objectives import Objective, TokenIds, build_objective
 
 
@@ -97,7 +98,9 @@ class RunPlan:
                 "non_embedding_params": self.non_embedding_params, "unique_tokens": c.unique_tokens,
                 "seed": c.seed, **self.objective.describe(), "seq_len": self.model.seq_len,
                 "vocab_size": self.model.vocab_size, "batch_size": self.batch.global_batch, "run_epochs": c.epochs,
-                "lr": c.optim.lr, "schedule": c.optim.schedule, "ema_decay": c.optim.ema_decay, "corpus": c.data.corpus}
+                "lr": c.optim.lr, "schedule": c.optim.schedule, "weight_decay": c.optim.weight_decay,
+                "ema_decay": c.optim.ema_decay, **{site: getattr(self.model, site) for site in DROPOUT_SITES},
+                "corpus": c.data.corpus}
 
     def summary(self) -> str:
         c, m, b = self.cfg, self.model, self.batch

@@ -16,6 +16,10 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: where dropout acts (each a ModelConfig field; ``dropout`` is the default of the ones left None)
+DROPOUT_SITES = ("resid_dropout", "attn_dropout", "embd_dropout")
+
+
 @dataclass
 class ModelConfig:
     """Shape of the shared transformer backbone (pre-norm, RMSNorm, RoPE, SwiGLU, tied embeddings)."""
@@ -29,7 +33,12 @@ class ModelConfig:
     d_ff: int | None = _f(None, "SwiGLU hidden width (None: 8/3 * d_model rounded up to a multiple of 32)")
     rope_theta: float = _f(10000.0, "RoPE base frequency")
     norm_eps: float = _f(1e-6, "RMSNorm epsilon")
-    dropout: float = _f(0.0, "dropout on attention output, MLP output and embeddings")
+    dropout: float = _f(0.0, "dropout of every site below that is not set on its own")
+    resid_dropout: float | None = _f(None, "dropout on the attention and MLP outputs before each residual add "
+                                           "(None: dropout)")
+    attn_dropout: float | None = _f(None, "dropout on the attention probabilities, dense attention only "
+                                          "(None: dropout)")
+    embd_dropout: float | None = _f(None, "dropout on the token embeddings (None: dropout)")
     init_std: float = _f(0.02, "std of the normal initialisation (residual projections scaled by 1/sqrt(2*n_layer))")
     causal: bool = _f(True, "causal mask (autoregressive) or bidirectional (masked diffusion)")
     attention: str = _f("dense", "attention kind from the registry (dense, window, nsa, topk)")
@@ -41,6 +50,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        for site in DROPOUT_SITES:
+            if getattr(self, site) is None:
+                setattr(self, site, self.dropout)
         if self.d_ff is None:
             self.d_ff = 32 * -(-(8 * self.d_model // 3) // 32)
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "attn_block",
@@ -48,8 +60,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("dropout", *DROPOUT_SITES):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:

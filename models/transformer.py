@@ -71,7 +71,7 @@ class SelfAttention(nn.Module):
         self.wv = nn.Linear(C, G * D, bias=False)
         self.wo = nn.Linear(H * D, C, bias=False)
         self.core = build_attention(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.resid_dropout)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask: BlockMask | None = None):
         B, T, _ = x.shape
@@ -105,7 +105,7 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(config.d_model, config.d_ff, bias=False)  # gate
         self.w3 = nn.Linear(config.d_model, config.d_ff, bias=False)  # up
         self.w2 = nn.Linear(config.d_ff, config.d_model, bias=False)  # down
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.resid_dropout)
 
     def forward(self, x):  # (B, T, C) -> (B, T, C)
         return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
@@ -131,7 +131,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.embd_dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         cos, sin = rope_tables(config.seq_len, config.head_dim, config.rope_theta)

@@ -97,3 +97,17 @@ def test_an_objective_flag_beats_the_objective_block_of_the_file(tmp_path):
     assert cfg.objective_config.eps == 0.002 and cfg.objective_config.mc_samples == 8
     with pytest.raises(ConfigError, match="not with strategy fsdp"):
         RunConfig.from_dict({"ema_decay": 0.99, "strategy": "fsdp"})
+
+
+def test_dropout_sites_are_first_class_settings_recorded_in_the_results_row():
+    cfg = RunConfig.from_dict({"resid_dropout": 0.1, "embd_dropout": 0.05, "model_args": {"dropout": 0.2}})
+    m = cfg.model_config()
+    assert (m.resid_dropout, m.attn_dropout, m.embd_dropout) == (0.1, 0.2, 0.05)  # unset site: model_args' dropout
+    row = RunPlan.of(cfg, train_sequences=8, val_sequences=4, vocab_size=512).row_base()
+    sites = (row["resid_dropout"], row["attn_dropout"], row["embd_dropout"], row["weight_decay"])
+    assert sites == (0.1, 0.2, 0.05, 0.1)
+    assert cfg.to_dict()["optim"]["resid_dropout"] == 0.1
+    with pytest.raises(ConfigError, match="model_args may not set attn_dropout: use --attn-dropout"):
+        RunConfig.from_dict({"model_args": {"attn_dropout": 0.1}})
+    with pytest.raises(ConfigError, match=r"embd_dropout must lie in \[0, 1\)"):
+        RunConfig.from_dict({"embd_dropout": 1.0})

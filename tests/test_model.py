@@ -79,3 +79,36 @@ def test_cpu_presets_step_between_tiny_and_small():
     sizes = [count_params(ModelConfig.from_name(p), non_embedding=True)
              for p in ("tiny", "n220k", "n400k", "n600k", "small")]
     assert sizes == sorted(sizes) and sizes[0] == 106_816 and sizes[-1] == 803_968
+
+
+def test_dropout_sites_default_to_dropout_and_can_be_set_one_by_one():
+    c = ModelConfig.from_name("tiny", dropout=0.1, attn_dropout=0.0)
+    assert (c.resid_dropout, c.attn_dropout, c.embd_dropout) == (0.1, 0.0, 0.1)
+    with pytest.raises(ValueError, match="embd_dropout must lie in"):
+        ModelConfig.from_name("tiny", embd_dropout=1.0)
+
+
+@pytest.mark.parametrize("site", ["resid_dropout", "attn_dropout", "embd_dropout"])
+def test_each_dropout_site_acts_where_it_is_named_and_only_in_training(site):
+    model = make(True, **{site: 0.5})
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("embedded", args[0]))
+    model.blocks[0].attn.core.register_forward_hook(lambda m, args, out: seen.__setitem__("attention", out))
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.__setitem__("block", out))
+    x = torch.randint(3, 50, (4, 32))
+
+    def run(training: bool) -> dict[str, torch.Tensor]:
+        model.train(training)
+        with torch.no_grad():
+            model(x)
+        return dict(seen)
+
+    evaluated, trained = run(False), run(True)
+    assert torch.equal(run(False)["block"], evaluated["block"])  # evaluation is deterministic
+    assert not torch.equal(trained["block"], evaluated["block"])  # the site is live in training
+    dropped = {name: not torch.equal(trained[name], evaluated[name]) for name in ("embedded", "attention")}
+    # the embeddings change only under embd_dropout (about half zeroed), the attention core's output
+    # only under attention dropout or changed embeddings; resid_dropout acts after both
+    assert dropped == {"embedded": site == "embd_dropout", "attention": site != "resid_dropout"}
+    if site == "embd_dropout":
+        assert 0.4 < (trained["embedded"] == 0).float().mean().item() < 0.6

@@ -248,3 +248,21 @@ def test_any_training_setting_is_an_axis_and_names_its_cells():
     assert cells["diffusion-U1000-E2-tiny-dense-s0-lr0.001"].optim.lr == 1e-3
     with pytest.raises(ConfigError, match="unknown axis 'corpus'"):
         SweepSpec.from_dict({"axes": {"corpus": ["stdlib"]}})
+
+
+def test_an_axis_given_per_objective_expands_for_that_objective_only():
+    spec = SweepSpec.from_dict({"axes": {"objective": ["ar", "diffusion"], "unique_tokens": [1000],
+                                         "epochs": {"ar": [2, 3], "diffusion": [8]},
+                                         "weight_decay": {"ar": [0.1, 0.5]}, "resid_dropout": {"ar": [0.0, 0.1]},
+                                         "model": {"diffusion": ["tiny", "n220k"]}},
+                                "settings": {"weight_decay": 0.2}})
+    cells = {c.id: c.config for c in spec.cells()}
+    assert len(cells) == 2 * 2 * 2 + 2  # AR: epochs x weight decay x dropout; diffusion: model only
+    ar = cells["ar-U1000-E3-tiny-dense-s0-weight_decay0.5-resid_dropout0.1"]
+    assert (ar.epochs, ar.optim.weight_decay, ar.model_config().resid_dropout) == (3, 0.5, 0.1)
+    diffusion = cells["diffusion-U1000-E8-n220k-dense-s0"]  # not named by the AR-only axes: the settings' value
+    assert (diffusion.optim.weight_decay, diffusion.model_config().resid_dropout) == (0.2, 0.0)
+    with pytest.raises(ConfigError, match="axis 'lr' names block_diffusion, not an objective of the sweep"):
+        SweepSpec.from_dict({"axes": {"objective": ["ar"], "lr": {"block_diffusion": [1e-3]}}})
+    with pytest.raises(ConfigError, match="axis 'lr' gives an objective an empty list"):
+        SweepSpec.from_dict({"axes": {"objective": ["ar"], "lr": {"ar": []}}})

@@ -10,6 +10,7 @@
       model: [small]
       attention: [dense]
       seed: [0]
+      weight_decay: {ar: [0.1, 0.5], diffusion: [0.1]}   # per objective: tuned separately, no overrides
     settings:                  # RunConfig keys shared by every cell (flat or grouped)
       batch_size: 8
       diffusion: {mc_samples: 4}   # an objective's settings apply to its cells only
@@ -122,7 +123,19 @@ class SweepSpec:
         axes = data.get("axes")
         if not isinstance(axes, dict) or not axes:
             raise ConfigError(f"sweep spec {source!r} needs a non-empty 'axes' mapping")
+        if isinstance(axes.get("objective"), dict):
+            raise ConfigError(f"sweep spec {source!r}: axis 'objective' must be a list of objectives")
+        settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+        objectives = [str(o) for o in axes.get("objective") or [settings.get("objective", "ar")]]
         for name, values in axes.items():
+            if isinstance(values, dict):  # per objective: {ar: [...], diffusion: [...]}
+                stray = sorted(set(map(str, values)) - set(objectives))
+                if stray:
+                    raise ConfigError(f"sweep spec {source!r}: axis {name!r} names {', '.join(stray)}, not an "
+                                      f"objective of the sweep ({', '.join(objectives)})")
+                if not all(isinstance(own, list) and own for own in values.values()):
+                    raise ConfigError(f"sweep spec {source!r}: axis {name!r} gives an objective an empty list")
+                values = _all_values(values)
             if name not in AXES and name not in objective_axes() and name not in setting_axes():
                 raise ConfigError(f"sweep spec {source!r}: unknown axis {name!r}; axes are {', '.join(AXES)}, "
                                   f"the objectives' settings ({', '.join(objective_axes())}) and any other "
@@ -131,11 +144,12 @@ class SweepSpec:
                 raise ConfigError(f"sweep spec {source!r}: axis {name!r} is empty (give a non-empty list)")
         if "epochs" in axes and "compute" in axes:
             raise ConfigError(f"sweep spec {source!r}: give either an 'epochs' or a 'compute' axis, not both")
-        for c in axes.get("compute", []):
+        for c in _all_values(axes.get("compute", [])):
             if isinstance(c, bool) or not isinstance(c, (int, float, str)) or not _positive_number(c):
                 raise ConfigError(f"sweep spec {source!r}: compute values must be positive numbers of FLOPs, got {c!r}")
         settings = _mapping(data.get("settings"), "'settings'", source)
-        clash = sorted(set(settings) & set(axes))
+        clash = sorted(k for k in set(settings) & set(axes) if not isinstance(axes[k], dict))  # per objective:
+        # the setting holds for the objectives the axis does not name
         if clash:
             raise ConfigError(f"sweep spec {source!r}: {', '.join(clash)} is both an axis and a setting")
         overrides = data.get("overrides") or []
@@ -155,11 +169,9 @@ class SweepSpec:
 
     def cells(self) -> list[Cell]:
         """Every combination of the axes as a validated RunConfig with a stable, readable id."""
-        names = list(self.axes)
         cells: list[Cell] = []
         seen: dict[str, RunConfig] = {}
-        for values in itertools.product(*(self.axes[n] for n in names)):
-            point = dict(zip(names, values))
+        for point in self.points():
             try:
                 cfg = self._cell_config(point)
             except ConfigError as e:
@@ -173,6 +185,18 @@ class SweepSpec:
             seen[cell_id] = cfg
             cells.append(Cell(cell_id, cfg))
         return cells
+
+    def points(self) -> list[dict[str, Any]]:
+        """The grid: per objective, the product of the axes' values (a per-objective axis gives that
+        objective's own list; an objective it does not name leaves the setting at its default)."""
+        objectives = self.axes.get("objective") or [self.settings.get("objective", "ar")]
+        out = []
+        for objective in objectives:
+            axes = {n: (v.get(objective) if isinstance(v, dict) else v) for n, v in self.axes.items()}
+            axes = {n: ([objective] if n == "objective" else v) for n, v in axes.items() if v is not None}
+            names = list(axes)
+            out += [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+        return out
 
     def _cell_config(self, point: dict[str, Any]) -> RunConfig:
         per_objective = objective_axes()
@@ -192,6 +216,10 @@ class SweepSpec:
             n = count_params(RunConfig.from_dict({**cfg_dict, "epochs": 1}).model_config(), non_embedding=True)
             cfg_dict["epochs"] = max(1, math.ceil(float(point["compute"]) / (6 * n * cfg_dict["unique_tokens"])))
         return RunConfig.from_dict(cfg_dict)
+
+
+def _all_values(values: list[Any] | dict[str, list[Any]]) -> list[Any]:
+    return [v for own in values.values() for v in own] if isinstance(values, dict) else values
 
 
 def _positive_number(value: Any) -> bool:

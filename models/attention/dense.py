@@ -26,7 +26,7 @@ class DenseAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.causal = config.causal
-        self.dropout = config.dropout
+        self.dropout = config.attn_dropout
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
                 mask: BlockMask | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ query block (``window_block_lists``); the exact window is applied token-wise ins
 
 Config fields: ``attn_window`` (default 128) is the window in tokens, ``attn_block`` (default 64)
 the block size of the lists. ``window >= seq_len`` gives dense attention. No parameters; attention
-dropout is not applied (``config.dropout`` still acts on the block's output).
+dropout is not applied (``config.resid_dropout`` still acts on the block's output).
 """
 
 from __future__ import annotations

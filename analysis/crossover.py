@@ -24,10 +24,24 @@ tokens). "Diffusion" below stands for any family compared with AR (``diffusion``
 Comparing with AR's best over all compute makes this the compute at which diffusion beats
 anything AR reached at this budget; past AR's best compute it equals the crossing of the two
 frontiers at equal compute.
+
+**Fair comparison** (``fair_comparisons``), per U and family: each objective's best point over *all
+its own* training settings (the ``settings`` label of ``analysis.results``: learning rate, input
+masking, weight decay, EMA, dropout, curriculum, ...), model sizes and evaluated epochs (early
+stopping read from the evaluation table: the best evaluated epoch of each run; no new runs), never
+a tuned objective against the other's default. The gap (family best - AR best, nats/token, positive
+= AR better) carries two error parts: the Monte Carlo SE of the ELBO estimate,
+sqrt(mc_family^2 + mc_AR^2) (AR's exact NLL has none: an unknown AR MC SE counts as 0), and the seed
+spread, sqrt(sum SD^2 / n) over the sides with >= 2 seeds; combined = sqrt(MC^2 + seeds^2). Verdict:
+"crossover (significant)" when gap + 2 combined < 0, "crossover (not significant)" when gap < 0
+otherwise, "no crossover" when gap - 2 combined > 0, "inconclusive" otherwise.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,4 +151,176 @@ def find_crossovers(points: pd.DataFrame, attention: str) -> list[Crossover]:
             at_u = pts[pts["unique_tokens"] == budget]
             ar, other = at_u[at_u["family"] == REFERENCE_FAMILY], at_u[at_u["family"] == family]
             result.append(_crossover_at_budget(attention, family, int(budget), ar, other))
+    return result
+
+
+# --------------------------------------------------------------------------- fair comparison per budget
+_UNSET = {"", "nan", "none", "<na>", "null"}
+_SETTING_SPLIT = re.compile(r",?\s+(?=[A-Za-z_][A-Za-z0-9_.]*=)")
+
+
+def parse_settings(label: str) -> dict[str, str]:
+    """``key=value`` pairs of a ``settings`` label ("k=v k=v" or "k=v, k=v"); unset values (nan, empty) left out."""
+    pairs = (part.split("=", 1) for part in _SETTING_SPLIT.split(str(label).strip()) if "=" in part)
+    return {k.strip(): v.strip().rstrip(",") for k, v in pairs if v.strip().rstrip(",").lower() not in _UNSET}
+
+
+def varied_settings(labels: Iterable[str]) -> tuple[str, ...]:
+    """Setting names whose value differs between ``labels`` (a name unset in one label and set in another varies)."""
+    parsed = [parse_settings(label) for label in set(labels)]
+    keys = sorted({k for p in parsed for k in p})
+    return tuple(k for k in keys if len({p.get(k) for p in parsed}) > 1)
+
+
+def describe_settings(label: str, shown: Iterable[str]) -> str:
+    """The ``shown`` settings of ``label`` as "k=v, k=v"; "default" when none of them is set."""
+    parsed = parse_settings(label)
+    return ", ".join(f"{k}={parsed[k]}" for k in shown if k in parsed) or "default"
+
+
+@dataclass(frozen=True)
+class BestPoint:
+    """One family's lowest seed-mean point at one (attention, U), over all its settings, models and epochs.
+
+    ``mc_se``: Monte Carlo SE of the mean (None: unknown; 0 for AR's exact NLL); ``seed_se``: seed SD / sqrt(n)
+    (None with one seed); ``n_settings``, ``n_models``: distinct settings labels and models of the family at U;
+    ``varied``: setting names that differ between its runs at U.
+    """
+
+    family: str
+    loss: float
+    mc_se: float | None
+    seed_se: float | None
+    n_seeds: int
+    settings: str
+    model: str
+    epochs: float
+    run_epochs: float
+    flops: float
+    n_settings: int
+    n_models: int
+    varied: tuple[str, ...]
+
+    @property
+    def tuned(self) -> bool:
+        return self.n_settings > 1
+
+    def to_json(self, shown: Iterable[str]) -> dict[str, object]:
+        return {"loss": float(self.loss), "mc_se": _opt(self.mc_se), "seed_se": _opt(self.seed_se),
+                "n_seeds": int(self.n_seeds), "settings": self.settings,
+                "settings_shown": describe_settings(self.settings, shown), "model": self.model,
+                "epochs": float(self.epochs), "run_epochs": float(self.run_epochs), "flops": float(self.flops),
+                "n_settings": int(self.n_settings), "n_models": int(self.n_models), "varied": list(self.varied)}
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _known(x: object) -> float | None:
+    value = float(x)  # type: ignore[arg-type]
+    return value if math.isfinite(value) else None
+
+
+def best_point(own: pd.DataFrame) -> BestPoint:
+    """The lowest point of one family's points at one U (``aggregate_points`` rows, non-empty)."""
+    row = own.loc[own["val_loss"].idxmin()]
+    family = str(row["family"])
+    mc = _known(row["mc_se"])
+    if mc is None and family == REFERENCE_FAMILY:
+        mc = 0.0  # exact NLL: no Monte Carlo error
+    n = int(row["n_seeds"])
+    seed_se = _known(row["seed_std"] / math.sqrt(n)) if n > 1 else None
+    return BestPoint(family, float(row["val_loss"]), mc, seed_se, n, str(row["settings"]), str(row["model"]),
+                     float(row["epochs"]), float(row["run_epochs"]), float(row["flops"]),
+                     int(own["settings"].nunique()), int(own["model"].nunique()), varied_settings(own["settings"]))
+
+
+def verdict(gap: float, combined: float | None) -> str:
+    """The fair-comparison verdict (module docstring); "(significance unknown)" without an SE."""
+    if combined is None:
+        return f"{'crossover' if gap < 0 else 'no crossover'} (significance unknown)"
+    if gap + 2.0 * combined < 0:
+        return "crossover (significant)"
+    if gap < 0:
+        return "crossover (not significant)"
+    if gap - 2.0 * combined > 0:
+        return "no crossover"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class FairComparison:
+    """A family's best against AR's best at one (attention, U), each over its own settings (module docstring)."""
+
+    attention: str
+    unique_tokens: int
+    ar: BestPoint
+    other: BestPoint
+
+    @property
+    def family(self) -> str:
+        return self.other.family
+
+    @property
+    def gap(self) -> float:
+        """Family best - AR best (nats/token); positive: AR better."""
+        return self.other.loss - self.ar.loss
+
+    @property
+    def mc_se(self) -> float | None:
+        """Monte Carlo part of the gap's SE (None when the family's is unknown)."""
+        if self.other.mc_se is None or self.ar.mc_se is None:
+            return None
+        return math.hypot(self.other.mc_se, self.ar.mc_se)
+
+    @property
+    def seed_se(self) -> float | None:
+        """Seed part of the gap's SE over the sides with >= 2 seeds (None when both have one seed)."""
+        parts = [s for s in (self.other.seed_se, self.ar.seed_se) if s is not None]
+        return math.sqrt(sum(s * s for s in parts)) if parts else None
+
+    @property
+    def combined_se(self) -> float | None:
+        """sqrt(MC^2 + seeds^2) over the known parts (None when neither is known)."""
+        parts = [s for s in (self.mc_se, self.seed_se) if s is not None]
+        return math.sqrt(sum(s * s for s in parts)) if parts else None
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.gap, self.combined_se)
+
+    @property
+    def shown_settings(self) -> tuple[str, ...]:
+        """Setting names worth naming: those varied by either side at this U."""
+        return tuple(sorted(set(self.ar.varied) | set(self.other.varied)))
+
+    def to_json(self) -> dict[str, object]:
+        shown = self.shown_settings
+        return {"family": self.family, "unique_tokens": int(self.unique_tokens), "gap": float(self.gap),
+                "mc_se": _opt(self.mc_se), "seed_se": _opt(self.seed_se), "combined_se": _opt(self.combined_se),
+                "verdict": self.verdict, "ar": self.ar.to_json(shown), "other": self.other.to_json(shown)}
+
+
+def fair_comparisons(points: pd.DataFrame, attention: str) -> list[FairComparison]:
+    """One ``FairComparison`` per (unique budget, family other than AR) with points of both: by U, then family.
+
+    ``points`` are ``analysis.results.aggregate_points`` rows (``settings``, ``mc_se``, ``seed_std``,
+    ``n_seeds``, ``run_epochs``); empty when there is no AR family.
+    """
+    pts = points[points["attention"] == attention]
+    names = families(pts)
+    if REFERENCE_FAMILY not in names:
+        return []
+    result = []
+    for budget in sorted(pts["unique_tokens"].unique()):
+        at_u = pts[pts["unique_tokens"] == budget]
+        ar = at_u[at_u["family"] == REFERENCE_FAMILY]
+        if ar.empty:
+            continue
+        ar_best = best_point(ar)
+        for family in names[1:]:
+            own = at_u[at_u["family"] == family]
+            if not own.empty:
+                result.append(FairComparison(attention, int(budget), ar_best, best_point(own)))
     return result

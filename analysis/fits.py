@@ -27,6 +27,18 @@ up with more epochs (AR overfitting):
 crossover (C in FLOPs, U in raw tokens), needing two budgets; and, from the fitted laws,
 Prabhudesai et al.'s C_crit(U): the compute at which the family's law frontier
 L*(C, U) = min_N L(N, U, D = C / 6N) drops below AR's, with its own power law.
+
+**Fair comparison** (``analysis.crossover.fair_comparisons``): per measured U, each family's best
+point over all its own settings, models and evaluated epochs against AR's, with the gap's Monte
+Carlo and seed errors kept apart and a verdict.
+
+**Extrapolated crossover** (``extrapolate_crossovers``): per family and measured U, the compute at
+which the two law frontiers cross (the same search as C_crit from the laws: ``law_crossings`` on
+``crossing_grid``), the frontier's N and epochs C / (6 N U) there, and the central 68 % interval of
+the crossings of the paired bootstrap refits (``LawFit.bootstrap_laws``). It is *not supported*
+(``reasons``) when a law is degenerate or has R_D* at its bound, the crossing lies beyond
+``MAX_EXTRAPOLATION`` x the largest compute measured at that U, or fewer than
+``MIN_REFITS_CROSSING`` of the refits cross on the grid (or there are no refits).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.crossover import Crossover, find_crossovers
+from analysis.crossover import Crossover, FairComparison, fair_comparisons, find_crossovers
 from analysis.law import LawParams, predict
 from analysis.lawfit import LawFit, Protocol, fit_law
 from analysis.results import (
@@ -112,6 +124,8 @@ class Analysis:
     crossovers: list[Crossover]
     c_crit: dict[str, PowerLawFit | None]
     law_c_crit: dict[str, LawCrossover]
+    fair: list[FairComparison] = field(default_factory=list)
+    extrapolations: list[Extrapolation] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The ``fit_table`` dictionary (plain floats, ints, strings, lists and None)."""
@@ -123,6 +137,8 @@ class Analysis:
             "crossover": [c.to_json() for c in self.crossovers],
             "c_crit": {f: None if fit is None else fit.to_json() for f, fit in self.c_crit.items()},
             "c_crit_from_laws": {f: lc.to_json() for f, lc in self.law_c_crit.items()},
+            "fair_comparison": [c.to_json() for c in self.fair],
+            "extrapolated_crossover": [e.to_json() for e in self.extrapolations],
         }
 
 
@@ -207,11 +223,30 @@ def fit_c_crit(crossovers: Sequence[Crossover], estimate: CrossoverEstimate = "i
     return fit_power_law(np.array([u for u, _ in found], dtype=float), np.array([c for _, c in found], dtype=float))
 
 
-def law_frontier(law: LawParams, unique_tokens: float, compute: np.ndarray, n_grid: np.ndarray) -> np.ndarray:
+#: Model sizes (non-embedding parameters) the law frontier minimises over.
+N_GRID = np.logspace(3, 13, 201)
+
+
+def crossing_grid(compute_range: tuple[float, float]) -> np.ndarray:
+    """The computes (FLOPs) law crossings are searched on: ``compute_range`` widened 10x down and 1000x up."""
+    return np.geomspace(compute_range[0] / 10.0, compute_range[1] * 1000.0, 241)
+
+
+def law_frontiers(law: LawParams, budgets: np.ndarray, compute: np.ndarray,
+                  n_grid: np.ndarray = N_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """(L*, N*): L*(C, U) = min over N of L(N, U, D = C / 6N) (nats/token) and the N attaining it, each of
+    shape (budgets, computes), for U in ``budgets`` (tokens) and C in ``compute`` (FLOPs)."""
+    n = np.asarray(n_grid, dtype=float)[None, :, None]
+    tokens = np.asarray(compute, dtype=float)[None, None, :] / (6.0 * n)
+    u = np.asarray(budgets, dtype=float).reshape(-1, 1, 1)
+    loss = predict(n, np.broadcast_to(u, np.broadcast_shapes(u.shape, tokens.shape)), tokens, law)
+    best = loss.argmin(axis=1)
+    return np.take_along_axis(loss, best[:, None, :], axis=1)[:, 0, :], np.asarray(n_grid, dtype=float)[best]
+
+
+def law_frontier(law: LawParams, unique_tokens: float, compute: np.ndarray, n_grid: np.ndarray = N_GRID) -> np.ndarray:
     """L*(C, U) = min over N of L(N, U, D = C / 6N) (nats/token) at each compute C (FLOPs)."""
-    n = n_grid[:, None]
-    tokens = compute[None, :] / (6.0 * n)
-    return predict(n, np.full_like(tokens, unique_tokens), tokens, law).min(axis=0)
+    return law_frontiers(law, np.array([unique_tokens], dtype=float), compute, n_grid)[0][0]
 
 
 def _first_crossing(compute: np.ndarray, delta: np.ndarray) -> float:
@@ -224,24 +259,169 @@ def _first_crossing(compute: np.ndarray, delta: np.ndarray) -> float:
     return float(np.exp(np.log(compute[i - 1]) + t * np.log(compute[i] / compute[i - 1])))
 
 
+@dataclass(frozen=True)
+class LawCrossing:
+    """Where a family's law frontier first drops below AR's at one U on a compute grid.
+
+    ``flops``: the crossing compute (FLOPs, linear in log C between grid points), None when the frontiers
+    do not cross on the grid; then ``other_below`` says whether the family is already at or below AR at
+    the grid's smallest compute (else AR stays below throughout). ``n_other``, ``n_ar``: the N
+    (non-embedding) of each frontier at the crossing (grid of ``N_GRID``).
+    """
+
+    flops: float | None
+    n_other: float | None = None
+    n_ar: float | None = None
+    other_below: bool = False
+
+
+def law_crossings(ar: LawParams, other: LawParams, budgets: np.ndarray, compute: np.ndarray,
+                  n_grid: np.ndarray = N_GRID) -> list[LawCrossing]:
+    """The first crossing of ``other``'s law frontier below ``ar``'s per U in ``budgets`` on ``compute``."""
+    budgets = np.asarray(budgets, dtype=float)
+    delta = law_frontiers(other, budgets, compute, n_grid)[0] - law_frontiers(ar, budgets, compute, n_grid)[0]
+    result = []
+    for u, row in zip(budgets, delta):
+        c = _first_crossing(compute, row)
+        if not math.isfinite(c):
+            result.append(LawCrossing(None, other_below=bool(row[0] <= 0)))
+            continue
+        at = np.array([c])
+        n_other = law_frontiers(other, np.array([u]), at, n_grid)[1][0, 0]
+        n_ar = law_frontiers(ar, np.array([u]), at, n_grid)[1][0, 0]
+        result.append(LawCrossing(c, float(n_other), float(n_ar)))
+    return result
+
+
 def law_c_crit(ar: LawFit, other: LawFit, budgets: np.ndarray, compute_range: tuple[float, float]) -> LawCrossover:
     """Prabhudesai et al.'s C_crit(U) from the fitted laws (module docstring) on ``budgets`` (tokens).
 
-    Compute is searched over ``compute_range`` (FLOPs) widened 10x down and 1000x up; a budget whose
-    frontiers do not cross there is NaN. Needs two drawable laws with a parameter term.
+    Compute is searched over ``crossing_grid(compute_range)`` (FLOPs: widened 10x down and 1000x up); a
+    budget whose frontiers do not cross there is NaN. Needs two drawable laws with a parameter term.
     """
     reason = next((f"{law.family} law {'not drawable' if not law.drawable else 'has no N term'}"
                    for law in (ar, other) if not law.drawable or law.law.A == 0), None)
     if reason:
         return LawCrossover(other.family, budgets, np.full(budgets.shape, math.nan), None, reason)
-    compute = np.geomspace(compute_range[0] / 10.0, compute_range[1] * 1000.0, 241)
-    n_grid = np.logspace(3, 13, 201)
-    flops = np.array([_first_crossing(compute, law_frontier(other.law, u, compute, n_grid)
-                                      - law_frontier(ar.law, u, compute, n_grid)) for u in budgets])
+    crossings = law_crossings(ar.law, other.law, budgets, crossing_grid(compute_range))
+    flops = np.array([math.nan if c.flops is None else c.flops for c in crossings])
     ok = np.isfinite(flops)
     fit = fit_power_law(budgets[ok], flops[ok]) if ok.sum() >= 2 else None
     note = None if ok.all() else f"no crossing of the law frontiers in range at {int((~ok).sum())} budgets"
     return LawCrossover(other.family, budgets, flops, fit, note)
+
+
+# --------------------------------------------------------------------------- extrapolated crossover
+#: A law crossing beyond this multiple of the largest compute measured at its U is not supported.
+MAX_EXTRAPOLATION = 100.0
+#: Fewer bootstrap refits than this fraction crossing on the grid: the crossing is not supported.
+MIN_REFITS_CROSSING = 0.5
+_CI68 = (15.865, 84.135)
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """The crossing of a family's fitted law frontier with AR's at one measured U, with its bootstrap interval.
+
+    ``crossing``: from the best-fit laws (None when they cannot be compared: no fit or no N term);
+    ``ci68``: central 68 % interval of the crossings of the paired bootstrap refits (refit i of AR with
+    refit i of the family), a side None where it lies off the grid (a refit without a crossing counts as
+    past the grid's end, or before its start when the family is already below AR there); None without
+    refits. ``reasons``: why the extrapolation is not supported (empty: supported).
+    """
+
+    family: str
+    unique_tokens: int
+    crossing: LawCrossing | None
+    ci68: tuple[float | None, float | None] | None
+    n_refits: int
+    n_refits_crossing: int
+    max_measured_flops: float
+    grid: tuple[float, float]
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def supported(self) -> bool:
+        return not self.reasons
+
+    @property
+    def flops(self) -> float | None:
+        return None if self.crossing is None else self.crossing.flops
+
+    def epochs(self, n: float | None) -> float | None:
+        """Epochs C / (6 N U) at the crossing compute for a model of N non-embedding parameters."""
+        return None if self.flops is None or n is None else self.flops / (6.0 * n * self.unique_tokens)
+
+    def to_json(self) -> dict[str, object]:
+        c = self.crossing or LawCrossing(None)
+        no_crossing = None if c.flops is not None or self.crossing is None else (
+            "family_below_at_grid_start" if c.other_below else "ar_below_on_grid")
+        return {"family": self.family, "unique_tokens": int(self.unique_tokens), "supported": self.supported,
+                "reasons": list(self.reasons), "flops": c.flops, "no_crossing": no_crossing,
+                "n_family": c.n_other, "n_ar": c.n_ar, "epochs_family": self.epochs(c.n_other),
+                "epochs_ar": self.epochs(c.n_ar), "ci68": None if self.ci68 is None else list(self.ci68),
+                "n_refits": self.n_refits, "n_refits_crossing": self.n_refits_crossing,
+                "n_refits_no_crossing": self.n_refits - self.n_refits_crossing,
+                "max_measured_flops": self.max_measured_flops, "grid": list(self.grid)}
+
+
+def _law_problems(law: LawFit) -> tuple[list[str], list[str]]:
+    """(reasons the law cannot give a frontier at all, reasons it does not support an extrapolation)."""
+    if law.law is None:
+        return [f"no {law.family} law ({law.status})"], []
+    if law.law.A == 0:
+        return [f"{law.family} law has no N term (one model size)"], []
+    weak = [f"{law.family} law {law.status}"] if law.status == "degenerate" else []
+    r_d = law.estimates.get("R_D_star")
+    if r_d is not None and r_d.at_bound:
+        weak.append(f"{law.family} R_D* at its {r_d.at_bound} bound ({r_d.value:.3g})")
+    return [], weak
+
+
+def _refit_interval(crossings: list[LawCrossing]) -> tuple[float | None, float | None] | None:
+    """Central 68 % of refit crossings; no crossing = +inf (AR below) or -inf (family below); off-grid = None."""
+    if not crossings:
+        return None
+    values = [c.flops if c.flops is not None else (-math.inf if c.other_below else math.inf) for c in crossings]
+    lo, hi = np.percentile(np.array(values), _CI68, method="inverted_cdf")
+    return tuple(float(x) if math.isfinite(x) else None for x in (lo, hi))  # type: ignore[return-value]
+
+
+def extrapolate_crossovers(ar: LawFit, other: LawFit, budgets: np.ndarray, max_measured: np.ndarray,
+                           compute: np.ndarray) -> list[Extrapolation]:
+    """The law crossing of ``other`` with AR at each measured U in ``budgets`` (tokens), with
+    ``max_measured`` the largest compute (FLOPs) measured there, searched on ``compute`` (FLOPs).
+
+    Not supported (``reasons``): a law degenerate or with R_D* at its bound; a crossing beyond
+    ``MAX_EXTRAPOLATION`` x the largest measured compute at that U; no refits; fewer than
+    ``MIN_REFITS_CROSSING`` of the refits crossing on the grid.
+    """
+    budgets = np.asarray(budgets, dtype=float)
+    grid = (float(compute[0]), float(compute[-1]))
+    fatal, weak = zip(*(_law_problems(law) for law in (ar, other)))
+    fatal, weak = [r for rs in fatal for r in rs], [r for rs in weak for r in rs]
+    if fatal:
+        return [Extrapolation(other.family, int(u), None, None, 0, 0, float(m), grid, tuple(fatal))
+                for u, m in zip(budgets, max_measured)]
+    best = law_crossings(ar.law, other.law, budgets, compute)
+    pairs = list(zip(ar.bootstrap_laws(), other.bootstrap_laws()))
+    refits = [law_crossings(a, o, budgets, compute) for a, o in pairs]
+    result = []
+    for i, (u, m) in enumerate(zip(budgets, max_measured)):
+        own = [r[i] for r in refits]
+        crossing = sum(c.flops is not None for c in own)
+        reasons = list(weak)
+        if best[i].flops is not None:
+            if best[i].flops > MAX_EXTRAPOLATION * m:
+                reasons.append(f"crossing at {best[i].flops:.3g} FLOPs, {best[i].flops / m:.3g}x the largest compute "
+                               f"measured at this U (limit {MAX_EXTRAPOLATION:g}x)")
+            if not own:
+                reasons.append("no bootstrap refits to judge it")
+            elif crossing < MIN_REFITS_CROSSING * len(own):
+                reasons.append(f"only {crossing} of {len(own)} bootstrap refits cross on the grid")
+        result.append(Extrapolation(other.family, int(u), best[i], _refit_interval(own), len(own), crossing, float(m),
+                                    grid, tuple(reasons)))
+    return result
 
 
 # --------------------------------------------------------------------------- analysis
@@ -278,13 +458,18 @@ def analyse(points: pd.DataFrame, attention: str, *, fit_points: FitPoints = "up
     others = [f for f in names if f != REFERENCE_FAMILY]
     c_crit = {f: fit_c_crit([c for c in crossovers if c.family == f]) for f in others} if REFERENCE_FAMILY in names \
         else {}
-    law_crit = {}
+    law_crit, extrapolations = {}, []
     if REFERENCE_FAMILY in names:
         us = np.sort(pts["unique_tokens"].unique())
         grid = np.geomspace(us[0], us[-1], 25) if us.size > 1 else us.astype(float)
         span = (float(pts["flops"].min()), float(pts["flops"].max()))
         law_crit = {f: law_c_crit(laws[REFERENCE_FAMILY], laws[f], grid, span) for f in others}
-    return Analysis(attention, names, laws, crossovers, c_crit, law_crit)
+        measured = pts.groupby("unique_tokens")["flops"].max().reindex(us).to_numpy(float)
+        for f in others:
+            extrapolations += extrapolate_crossovers(laws[REFERENCE_FAMILY], laws[f], us.astype(float), measured,
+                                                     crossing_grid(span))
+    return Analysis(attention, names, laws, crossovers, c_crit, law_crit, fair_comparisons(pts, attention),
+                    extrapolations)
 
 
 def fit_table(
@@ -303,7 +488,12 @@ def fit_table(
     R_D_star, R_D_star_err, R_N_star, R_N_star_err, ci95, at_bound, fixed, unidentified, n_points,
     n_excluded, n_runs, n_single_epoch, n_bootstrap, r2, rmse_log, note}}, "crossover": [{family,
     unique_tokens, flops, flops_interp, significant}], "c_crit": {family: {exponent, exponent_se,
-    prefactor, n_budgets} or None}, "c_crit_from_laws": {family: {fit, note, budgets, flops}}}``.
+    prefactor, n_budgets} or None}, "c_crit_from_laws": {family: {fit, note, budgets, flops}},
+    "fair_comparison": [{family, unique_tokens, gap, mc_se, seed_se, combined_se, verdict, ar: {loss, mc_se,
+    seed_se, n_seeds, settings, settings_shown, model, epochs, run_epochs, flops, n_settings, n_models, varied},
+    other: {...}}], "extrapolated_crossover": [{family, unique_tokens, supported, reasons, flops, no_crossing,
+    n_family, n_ar, epochs_family, epochs_ar, ci68, n_refits, n_refits_crossing, n_refits_no_crossing,
+    max_measured_flops, grid}]}``.
     ``attention`` picks the kind: by default the table's only kind, or "dense" when several are present
     (else the first sorted). ``base``: fixed E, A, alpha, B, beta (LawParams, per-family mapping or a
     JSON file, ``load_base_laws``). Raises ``TableError`` for a malformed table or base-law file.

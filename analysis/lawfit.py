@@ -434,6 +434,17 @@ class LawFit:
         est = self.estimates.get(name)
         return None if est is None else est.value
 
+    def bootstrap_laws(self) -> list[LawParams]:
+        """The law of each bootstrap refit, in refit order (empty without refits); without an N term, A = 0
+        as in the fit itself."""
+        if self.law is None or not self.samples:
+            return []
+        size = len(next(iter(self.samples.values())))
+        laws = [LawParams(**{n: float(self.samples[n][i]) for n in NAMES}) for i in range(size)]
+        if self.law.A == 0:
+            laws = [replace(p, A=0.0, alpha=1.0, R_N_star=math.inf) for p in laws]
+        return laws
+
     def predict(self, params: np.ndarray, unique_tokens: np.ndarray, tokens_seen: np.ndarray) -> np.ndarray:
         """Loss (nats/token) of the fitted law at N (non-embedding), U and D = tokens seen (tokens)."""
         if self.law is None:

@@ -15,7 +15,8 @@ table holds several attention kinds):
 * ``block_size.{png,pdf}``: best loss against block size b per U (when the table has ``block_size``).
 * ``fits.json``: ``analysis.fits.fit_table`` output for the default attention kind ("dense", or
   the only/first kind); with several kinds also ``fits_<attention>.json`` per kind.
-* ``summary.md``: provenance, best losses, crossovers, law fits and C_crit; written last.
+* ``summary.md``: provenance, best losses, the fair comparison per budget (each objective tuned over its own
+  settings), crossovers, law fits, the extrapolated crossover from the laws and C_crit; written last.
 
 Every file is written through ``analysis.table.atomic_write`` (a temporary file in ``out_dir``
 moved into place), so a reader never sees a half-written file.
@@ -33,8 +34,24 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.crossover import PRABHUDESAI_C_CRIT_EXPONENT, Crossover
-from analysis.fits import UNITS, Analysis, BaseLaws, FitPoints, analyse, load_base_laws
+from analysis.crossover import (
+    PRABHUDESAI_C_CRIT_EXPONENT,
+    BestPoint,
+    Crossover,
+    FairComparison,
+    describe_settings,
+)
+from analysis.fits import (
+    MAX_EXTRAPOLATION,
+    MIN_REFITS_CROSSING,
+    UNITS,
+    Analysis,
+    BaseLaws,
+    Extrapolation,
+    FitPoints,
+    analyse,
+    load_base_laws,
+)
 from analysis.lawfit import Estimate, LawFit, Protocol
 from analysis.plotkit import format_epochs, format_sci, format_tokens, style_context
 from analysis.plots import (
@@ -158,6 +175,107 @@ def _crossover_table(analysis: Analysis) -> list[str]:
     return lines
 
 
+def _family_name(family: str) -> str:
+    return "AR" if family == REFERENCE_FAMILY else family
+
+
+def _where(best: BestPoint) -> str:
+    return f"{best.model}, {format_epochs(best.epochs)} / {format_epochs(best.run_epochs)}"
+
+
+def _seed_cell(c: FairComparison) -> str:
+    """The gap's seed part; "1 seed" for a side without replicates (both: no seed part at all)."""
+    if c.seed_se is None:
+        return "1 seed"
+    single = [_family_name(b.family) for b in (c.ar, c.other) if b.seed_se is None]
+    return f"{c.seed_se:.4f}" + (f" ({single[0]}: 1 seed)" if single else "")
+
+
+def _tuning_line(budget: int, bests: list[BestPoint]) -> str:
+    """How many settings and models each objective had at U, and which one was not tuned."""
+    parts, untuned = [], []
+    for b in bests:
+        varied = f" (varied: {', '.join(b.varied)})" if b.varied else ""
+        parts.append(f"{_family_name(b.family)} {b.n_settings} setting{'s' if b.n_settings > 1 else ''}{varied}, "
+                     f"{b.n_models} model{'s' if b.n_models > 1 else ''}")
+        if not b.tuned:
+            untuned.append(f"{_family_name(b.family)} was not tuned at this U.")
+    return f"- {format_tokens(budget)}: {'; '.join(parts)}." + "".join(f" {u}" for u in untuned)
+
+
+def _fair_table(analysis: Analysis) -> list[str]:
+    head = ["### Fair comparison per budget", ""]
+    if not analysis.fair:
+        return [*head, "No comparison: the table needs the family `ar` and another one at the same U."]
+    lines = [
+        *head,
+        "Each objective at its best over all its own settings, model sizes and evaluated epochs (Definitions); "
+        "gap = family best - AR best (nats/token, positive: AR better).",
+        "",
+        "| U (tokens) | family | AR best (nats/token) | AR settings | AR model, epoch / run | family best "
+        "(nats/token) | family settings | family model, epoch / run | gap | ± MC | ± seeds | ± combined | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in analysis.fair:
+        shown = c.shown_settings
+        lines.append(
+            f"| {format_tokens(c.unique_tokens)} | {c.family} | {c.ar.loss:.4f} | "
+            f"{describe_settings(c.ar.settings, shown)} | {_where(c.ar)} | {c.other.loss:.4f} | "
+            f"{describe_settings(c.other.settings, shown)} | {_where(c.other)} | {c.gap:+.4f} | {_se(c.mc_se)} | "
+            f"{_seed_cell(c)} | {_se(c.combined_se)} | {c.verdict} |"
+        )
+    lines.append("")
+    for budget in sorted({c.unique_tokens for c in analysis.fair}):
+        own = [c for c in analysis.fair if c.unique_tokens == budget]
+        lines.append(_tuning_line(budget, [own[0].ar, *(c.other for c in own)]))
+    return lines
+
+
+_EXTRAPOLATION_HEAD = """### Extrapolated crossover from the fitted laws
+
+C: the compute at which the family's law frontier L*(C, U) = min_N L(N, U, D = C/6N) first drops below AR's,
+searched from {lo} to {hi} FLOPs; N*: each frontier's model size at C (non-embedding, family / AR); epochs =
+C / (6 N* U); 68 %: central interval of the crossings of the paired bootstrap refits over runs (refit i of AR
+with refit i of the family; a refit without a crossing counts as off the grid: "open"); refits: how many of
+them cross on the grid. Not supported: a law degenerate or with R_D* at its bound, a crossing beyond
+{limit:g}x the largest compute measured at that U, or fewer than {share:g} % of the refits crossing."""
+
+
+def _interval_cell(ci: tuple[float | None, float | None] | None) -> str:
+    if ci is None:
+        return "—"
+    return " to ".join("open" if x is None else format_sci(x) for x in ci)
+
+
+def _extrapolation_row(e: Extrapolation) -> str:
+    refits = f"{e.n_refits_crossing} of {e.n_refits}" if e.n_refits else "no refits"
+    c = e.crossing
+    if not e.supported:
+        first, rest = f"not supported: {'; '.join(e.reasons)}", ["—", refits, "—", "—"]
+    elif c is None or c.flops is None:
+        first = (f"none: {e.family} already below AR at {format_sci(e.grid[0])}" if c is not None and c.other_below
+                 else f"none up to {format_sci(e.grid[1])}")
+        rest = [_interval_cell(e.ci68), refits, "—", "—"]
+    else:
+        first = format_sci(c.flops)
+        rest = [_interval_cell(e.ci68), refits, f"{format_tokens(c.n_other)} / {format_tokens(c.n_ar)}",
+                f"{format_epochs(e.epochs(c.n_other))} / {format_epochs(e.epochs(c.n_ar))}"]
+    return (f"| {e.family} | {format_tokens(e.unique_tokens)} | {first} | {' | '.join(rest)} | "
+            f"{format_sci(e.max_measured_flops)} |")
+
+
+def _extrapolation_table(analysis: Analysis) -> list[str]:
+    if not analysis.extrapolations:
+        return ["### Extrapolated crossover from the fitted laws", "", "No family to compare with AR."]
+    lo, hi = analysis.extrapolations[0].grid
+    lines = [_EXTRAPOLATION_HEAD.format(lo=format_sci(lo), hi=format_sci(hi), limit=MAX_EXTRAPOLATION,
+                                        share=100 * MIN_REFITS_CROSSING), "",
+             "| family | U (tokens) | crossing C (FLOPs) | 68 % interval | refits crossing | N* (family / AR) "
+             "| epochs at C (family / AR) | largest measured C at U |",
+             "|---|---|---|---|---|---|---|---|"]
+    return lines + [_extrapolation_row(e) for e in analysis.extrapolations]
+
+
 def estimate_cell(est: Estimate | None, fmt: str = ".4g") -> str:
     """A table cell for one parameter (``Estimate.describe``; 'n/a' when not identified)."""
     return "n/a" if est is None else est.describe(fmt)
@@ -225,6 +343,17 @@ _METHOD = """## Definitions
   (minimum over all AR points); "none up to C" names the largest compute tried. Interpolated: linear in log C
   between the last frontier step above and the first below. Significant: frontier + 2 sqrt(SE^2 + SE_AR^2) <
   AR best. The C_crit fit uses the interpolated crossover (a shared epoch grid quantises the first evaluated).
+- Fair comparison: per U, each objective's best point over all its own training settings (the `settings`
+  label: learning rate, input masking, weight decay, EMA, dropout, curriculum, ...), model sizes and
+  evaluated epochs, never a tuned objective against the other's default. Early stopping is read from the
+  evaluation table (the best evaluated epoch of each run); no run is added or retrained. Settings cells name
+  the settings that differ between either side's runs at that U (unset ones left out; "default": none of
+  them set); "epoch / run" is the evaluated epoch and the run's length. ± MC: Monte Carlo SE of the gap,
+  sqrt(MC_family^2 + MC_AR^2), with MC_AR = 0 for AR's exact NLL ("n/a": the table gives no `val_loss_se`);
+  ± seeds: sqrt(SD_family^2/n_family + SD_AR^2/n_AR) over the sides with >= 2 seeds ("1 seed": a side
+  without replicates); ± combined: sqrt(MC^2 + seeds^2). Verdict: "crossover (significant)" when
+  gap + 2 combined < 0, "crossover (not significant)" when gap < 0 otherwise, "no crossover" when
+  gap - 2 combined > 0, "inconclusive" otherwise. Both bests are minima over several points, alike biased low.
 - Law fits use {fit_points}."""
 
 _FIT_POINTS_TEXT = {"up_to_best": "each run's evaluations up to its lowest loss",
@@ -242,8 +371,10 @@ def build_summary(df: pd.DataFrame, points: pd.DataFrame, analyses: list[Analysi
         own = points[points["attention"] == analysis.attention]
         lines += ["", f"## {analysis.attention} attention", ""]
         lines += _best_table(own, analysis) + [""]
+        lines += _fair_table(analysis) + [""]
         lines += _crossover_table(analysis) + [""]
         lines += _law_table(analysis, n_bootstrap) + [""]
+        lines += _extrapolation_table(analysis) + [""]
         lines += _c_crit_lines(analysis)
     lines += ["", _METHOD.format(units=UNITS, fit_points=_FIT_POINTS_TEXT[fit_points]), "", "## Files", ""]
     lines += [f"- {name}" for name in figures]

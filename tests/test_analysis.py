@@ -83,7 +83,8 @@ def planted_table(budgets: dict[int, float], *, n: int = 10_000_000, se: float =
 def assert_schema(out: dict[str, object]) -> None:
     """``fit_table`` output matches the documented JSON shape and survives a JSON round trip."""
     assert json.loads(json.dumps(out, allow_nan=False)) == out
-    assert set(out) == {"attention", "units", "families", "laws", "crossover", "c_crit", "c_crit_from_laws"}
+    assert set(out) == {"attention", "units", "families", "laws", "crossover", "c_crit", "c_crit_from_laws",
+                        "fair_comparison", "extrapolated_crossover"}
     assert set(out["laws"]) == set(out["families"])
     for law in out["laws"].values():
         assert set(law) == LAW_KEYS
@@ -96,6 +97,14 @@ def assert_schema(out: dict[str, object]) -> None:
         assert entry["flops"] is None or type(entry["flops"]) is float
     for fit in out["c_crit"].values():
         assert fit is None or type(fit["exponent"]) is float
+    for fair in out["fair_comparison"]:
+        assert set(fair) == {"family", "unique_tokens", "gap", "mc_se", "seed_se", "combined_se", "verdict", "ar",
+                             "other"}
+        assert fair["gap"] == pytest.approx(fair["other"]["loss"] - fair["ar"]["loss"])
+    for ext in out["extrapolated_crossover"]:
+        assert type(ext["supported"]) is bool and (ext["supported"] == (not ext["reasons"]))
+        assert ext["flops"] is None or type(ext["flops"]) is float
+        assert ext["n_refits_crossing"] + ext["n_refits_no_crossing"] == ext["n_refits"]
 
 
 def test_law_fit_recovers_planted_parameters_and_reports_r_n_star_at_bound() -> None:

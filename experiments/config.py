@@ -88,8 +88,9 @@ class OptimArgs:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "gradient-norm clipping (0 disables)")
-    ema_decay: float = _f(0.0, "exponential moving average of the weights, updated every optimiser step; "
-                               "validation, sampling and export use the average (0: off, the raw weights)")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights, updated every optimiser step and "
+                               "bias-corrected (no weight from the initialisation); validation, sampling and "
+                               "export use the average (0: off, the raw weights)")
     # dropout per site (regularisers like weight_decay; they set the backbone's fields of the same name)
     resid_dropout: float | None = _f(None, "dropout on the attention and MLP outputs before each residual add "
                                            "(None: model_args' dropout, else 0)")

@@ -74,26 +74,39 @@ class Diverged(RuntimeError):
 
 
 class EMA:
-    """Exponential moving average of a module's parameters: after each optimiser step
-    ``shadow = decay * shadow + (1 - decay) * param`` (``decay = 0`` follows the raw weights exactly)."""
+    """Exponential moving average of a module's parameters with Adam's bias correction: after the n-th
+    optimiser step ``avg = decay * avg + (1 - decay) * param`` from ``avg = 0``, and the weights used are
+    ``avg / (1 - decay**n)``, a weighted mean of the n weights seen so far (none from before training,
+    so evaluations early in a run are not pulled toward the initialisation). ``decay = 0`` follows the
+    raw weights exactly; before the first step the average is the raw weights."""
 
     def __init__(self, module: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}  # fp32 whatever the weights
+        self.steps = 0
+        self.avg = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in module.named_parameters()}  # fp32
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
         names, params = zip(*module.named_parameters())
-        shadow = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadow, [p.detach().to(s.dtype) for p, s in zip(params, shadow)], 1.0 - self.decay)
+        avg = [self.avg[n] for n in names]
+        torch._foreach_lerp_(avg, [p.detach().to(a.dtype) for p, a in zip(params, avg)], 1.0 - self.decay)
+        self.steps += 1
+
+    def weights(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The averaged weights (bias-corrected); the module's own before the first update."""
+        if self.steps == 0:
+            return {n: p.detach().float().clone() for n, p in module.named_parameters()}
+        scale = 1.0 / (1.0 - self.decay**self.steps)
+        return {n: a * scale for n, a in self.avg.items()}
 
     @contextlib.contextmanager
     def applied(self, module: torch.nn.Module):
         """The module with the averaged weights inside the block, its own weights again after it."""
         raw = {n: p.detach().clone() for n, p in module.named_parameters()}
+        averaged = self.weights(module)
         with torch.no_grad():
             for n, p in module.named_parameters():
-                p.copy_(self.shadow[n])
+                p.copy_(averaged[n])
         try:
             yield module
         finally:
@@ -101,8 +114,15 @@ class EMA:
                 for n, p in module.named_parameters():
                     p.copy_(raw[n])
 
+    def state_dict(self) -> dict:
+        return {"avg": {n: t.detach().cpu() for n, t in self.avg.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.avg = {n: t.to(device) for n, t in state["avg"].items()}
+        self.steps = int(state["steps"])
+
     def to(self, device: torch.device) -> EMA:
-        self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
+        self.avg = {n: t.to(device) for n, t in self.avg.items()}
         return self
 
 
@@ -172,9 +192,19 @@ class LitLM(L.LightningModule):
         n_step = batch.step_tokens[0].clamp_min(1)
         n_local = valid.sum()
         self.tokens_local += self._pending_tokens
-        self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=x.shape[0])
+        if self._log_loss_now():
+            self.log("train/loss", total.detach() / n_local.clamp_min(1), prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=x.shape[0])
         return total * scale / n_step
+
+    def _log_loss_now(self) -> bool:
+        """Whether this micro-batch's loss can reach a logger or a progress line: Lightning writes step
+        values only on its logging steps (every ``log_every_n_steps``) and the progress line reads the
+        epoch's last. Each ``self.log`` costs ~0.2 ms of host time (benchmarks/RESULTS.md, "Throughput of
+        the quick settings"), so the other steps skip it; metrics.csv is the same."""
+        trainer = self.trainer
+        connector = getattr(trainer, "_logger_connector", None)  # its test, else log every step as before
+        return bool(getattr(connector, "should_update_logs", True) or trainer.is_last_batch or trainer.fast_dev_run)
 
     def on_train_epoch_start(self):
         # Lightning calls set_epoch on a DataLoader's sampler, not on a batch sampler: do it here (the
@@ -228,14 +258,17 @@ class LitLM(L.LightningModule):
         checkpoint["train_time_s"] = self.train_time_s
         checkpoint["tokens_trained"] = self.tokens_trained()  # every rank dumps the checkpoint: safe to reduce
         checkpoint["crossover"] = self.run_info
-        if self.ema is not None:  # the evaluated weights: what sampling and export load
-            checkpoint["ema"] = {n: t.detach().cpu() for n, t in self.ema.shadow.items()}
+        if self.ema is not None:  # the evaluated weights: what sampling and export load; the state to resume
+            checkpoint["ema"] = {n: t.detach().cpu() for n, t in self.ema.weights(self.model).items()}
+            checkpoint["ema_state"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
         self.train_time_s = checkpoint.get("train_time_s", 0.0)
         self.tokens_before = checkpoint.get("tokens_trained", 0)
-        if self.ema is not None and "ema" in checkpoint:
-            self.ema.shadow = {n: t.to(self.device) for n, t in checkpoint["ema"].items()}
+        if self.ema is not None and "ema_state" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state"], self.device)
+        elif self.ema is not None and "ema" in checkpoint:  # written before the bias correction: the plain
+            self.ema.load_state_dict({"avg": checkpoint["ema"], "steps": 10**9}, self.device)  # average goes on
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         """Only tokens and their mask go to the device; the bookkeeping (step tokens, rows, positions)
@@ -257,13 +290,18 @@ class LitLM(L.LightningModule):
         params = self.trainer.precision_plugin.main_params(optimizer)
         self._watch(1, torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf")))
 
+    def _adamw_kernel(self) -> dict[str, bool]:
+        """AdamW's implementation: fused (one kernel per step) on CUDA; on the CPU foreach, the same
+        arithmetic as the default per-tensor loop (bit-identical weights) with less host time. The CPU's
+        fused kernel is faster still but rounds differently (a quick diffusion cell ends 0.025 nats away)."""
+        return {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+
     def configure_optimizers(self):
         o = self.optim
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step where available
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), **self._adamw_kernel())
         f = lr_lambda(o.schedule, self.hparams.total_steps, o.warmup_steps, o.min_lr_ratio, o.decay_fraction)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

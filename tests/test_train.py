@@ -68,12 +68,14 @@ def test_rerun_skips_a_complete_run_and_refuses_a_different_one(corpus_spec, tmp
     assert "different config (unique_tokens: 800 -> 900)" in capsys.readouterr().err
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("ema", [(), ("--ema-decay", "0.9")], ids=["raw", "ema"])
+def test_resume_from_checkpoint_matches_uninterrupted(corpus_spec, tmp_path, monkeypatch, capsys, ema):
     """Killed after epoch 3's row was written but before its checkpoint: the rerun resumes from
-    epoch 2's checkpoint, replaces row 3, and ends with the table of an uninterrupted run."""
+    epoch 2's checkpoint (the weight average and its step count too), replaces row 3, and ends with
+    the table of an uninterrupted run."""
     from experiments.evaluation import EvaluationCallback
 
-    extra = ("--eval-epochs", "[1, 2, 3, 4]")
+    extra = ("--eval-epochs", "[1, 2, 3, 4]", *ema)
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(train_args(corpus_spec, full, "diffusion", 1000, 4, *extra)) == 0
 
@@ -292,17 +294,23 @@ def test_ema_follows_its_formula_and_restores_the_raw_weights():
     model = torch.nn.Linear(3, 2)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     zero, half = EMA(model, 0.0), EMA(model, 0.5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    zero.update(model)
-    half.update(model)
+    assert all(torch.equal(half.weights(model)[n], p) for n, p in start.items())  # no step yet: the raw weights
+    seen = []
+    for _ in range(2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        zero.update(model)
+        half.update(model)
     for n, p in model.named_parameters():
-        assert torch.equal(zero.shadow[n], p.detach())  # decay 0: the raw weights
-        assert torch.allclose(half.shadow[n], 0.5 * start[n] + 0.5 * p.detach())
+        assert torch.equal(zero.weights(model)[n], p.detach())  # decay 0: the raw weights
+        # bias-corrected: (0.5 * 0.5 * w1 + 0.5 * w2) / (1 - 0.5**2), nothing of the initial weights
+        assert torch.allclose(half.weights(model)[n], (0.25 * seen[0][n] + 0.5 * seen[1][n]) / 0.75)
     raw = [p.detach().clone() for p in model.parameters()]
+    averaged = half.weights(model)
     with half.applied(model):
-        assert all(torch.allclose(p, half.shadow[n]) for n, p in model.named_parameters())
+        assert all(torch.allclose(p, averaged[n]) for n, p in model.named_parameters())
     assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
 
 
@@ -333,4 +341,4 @@ def test_ema_keeps_an_fp32_average_of_low_precision_weights():
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update(model)  # bf16 weights, fp32 average: no dtype error
-    assert ema.shadow["weight"].dtype == torch.float32
+    assert ema.avg["weight"].dtype == ema.weights(model)["weight"].dtype == torch.float32

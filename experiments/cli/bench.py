@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from models.config import ModelConfig
 from models.objectives import OBJECTIVES
 
 _MODEL_DEFAULTS = ModelConfig()
+#: ``crossover bench train --compare`` (``experiments.bench_train.variants``; not imported here: it loads Lightning)
+COMPARES = ("bare", "before", "compile", "layout", "sweep")
 
 
 def _csv(kind: type) -> Callable[[str], list]:
@@ -89,7 +92,8 @@ def format_attention_table(rows: list[dict]) -> str:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=["tiny", "small"], help="model presets to measure")
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="diffusion")
+    p.add_argument("--objective", "--objectives", dest="objectives", nargs="+", choices=sorted(OBJECTIVES),
+                   default=["diffusion"], help="training objective(s) to measure (default: diffusion)")
     p.add_argument("--attention", default="dense", help="attention kind")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the preset's)")
@@ -100,7 +104,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (both loops)")
     p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s per device for MFU (0: known GPUs)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores); --compare layout and "
+                                                          "sweep: one worker of this many threads against this "
+                                                          "many single-thread workers")
+    p.add_argument("--compare", choices=COMPARES, default="bare",
+                   help="the pair measured, A against B (ratio B / A): bare (a bare PyTorch loop, our Lightning "
+                        "step), before (our step before the 2026-12-05 host-overhead changes, ours), compile "
+                        "(eager, torch.compile; each run a fresh process, first-step seconds reported), layout "
+                        "(one worker with every core, one single-thread worker per core, tokens/s summed), "
+                        "sweep (the old step in one worker with every core, ours in single-thread workers)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
 
@@ -117,12 +129,19 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"device {report['device']}, {args.objective}, {args.steps} steps x {args.repeats} interleaved repeats")
-    print(f"{'model':<8} {'N':>10} {'ours tok/s':>12} {'bare tok/s':>12} {'ratio':>7} {'MFU':>7}")
+    a, b = report["a"], report["b"]
+    print(f"device {report['device']}, {args.steps} steps x {args.repeats} interleaved repeats, "
+          f"A = {a}, B = {b}")
+    print(f"{'model':<8} {'objective':<10} {'N':>10} {'A tok/s':>12} {'B tok/s':>12} {'B/A':>7} {'paired':>7} "
+          f"{'MFU':>7}")
     for r in report["results"]:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-        print(f"{r['model']:<8} {r['non_embedding_params']:>10,} {r['ours_tokens_per_s']:>12,.0f} "
-              f"{r['bare_tokens_per_s']:>12,.0f} {r['ratio']:>7.3f} {mfu:>7}")
+        print(f"{r['model']:<8} {r['objective']:<10} {r['non_embedding_params']:>10,} {r[a + '_tokens_per_s']:>12,.0f} "
+              f"{r[b + '_tokens_per_s']:>12,.0f} {r['ratio']:>7.3f} {r['paired_ratio']:>7.3f} {mfu:>7}")
+        first = {v: r[f"{v}_first_step_s"] for v in (a, b) if f"{v}_first_step_s" in r}
+        if args.compare == "compile" and first:
+            print(" " * 9 + "seconds to the first step: " + ", ".join(
+                f"{v} {statistics.median(t):.2f} (runs {' '.join(f'{x:.2f}' for x in t)})" for v, t in first.items()))
     return 0
 
 

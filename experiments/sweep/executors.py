@@ -5,6 +5,9 @@ Local workers die with their runner: each is started with the parent-death signa
 and a rerun can resume their cells at once (their locks are then stale: their pid is gone). A cell
 another live process is training is waited for, not skipped: the rerun of a killed runner, or a
 second runner on the same folder, ends with every cell finished and a true account of each.
+
+``workers="auto"`` (the CLI's default) trains small models in as many single-thread workers as
+there are cores, larger ones in one worker with every core (``auto_workers``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,41 @@ from experiments.sweep.spec import Cell
 from experiments.sweep.state import rebuild_table, run_cell
 
 POLL_S = 0.5
+#: ``auto_workers``: largest non-embedding parameter count N trained with one thread per cell worker.
+#: Below it, small matrices leave a second intra-op thread mostly idle, so one single-thread worker per
+#: core trains more tokens/s in all (benchmarks/RESULTS.md, "Throughput of the quick settings").
+AUTO_MAX_PARAMS = 1_000_000
+
+
+def auto_workers(cells: list[Cell], cores: int | None = None, max_params: int = AUTO_MAX_PARAMS) -> int:
+    """Workers for ``workers="auto"``: one single-thread worker per core (never more than cells) when
+    every cell's model has at most ``max_params`` non-embedding parameters and trains on the CPU with
+    the threads it is given; else one worker with every core."""
+    from models import count_params
+
+    def small_cpu_cell(cell: Cell) -> bool:
+        run = cell.config.run
+        gpu = run.accelerator in ("gpu", "cuda") or (run.accelerator == "auto" and _cuda_available())
+        return (not gpu and run.threads <= 1
+                and count_params(cell.config.model_config(), non_embedding=True) <= max_params)
+
+    cores = cores or os.cpu_count() or 1
+    if not cells or not all(small_cpu_cell(c) for c in cells):
+        return 1
+    return max(1, min(cores, len(cells)))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cost(cell: Cell) -> float:
+    """A cell's training cost in FLOPs (6 N D, N with the embedding, which dominates small models' logits)."""
+    from models import count_params
+
+    return 6.0 * count_params(cell.config.model_config()) * cell.config.unique_tokens * cell.config.epochs
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -41,14 +79,19 @@ def _start(root: Path, cell: Cell, threads: int) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
 
-def run_local(root: Path, cells: list[Cell], workers: int, report: Callable[[str], None] = print,
+def run_local(root: Path, cells: list[Cell], workers: int | str, report: Callable[[str], None] = print,
               progress: Callable[[int, str], None] | None = None) -> dict[str, str]:
-    """Run every unfinished cell in ``workers`` subprocesses (cores // workers threads each); returns
-    each cell's final status. ``report`` gets one line per event, ``progress(done, postfix)`` updates."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    """Run every unfinished cell in ``workers`` subprocesses (cores // workers threads each; ``"auto"``:
+    ``auto_workers`` of the unfinished cells); returns each cell's final status. ``report`` gets one
+    line per event, ``progress(done, postfix)`` updates."""
     folders = {c.id: RunFolder(c.folder(root)) for c in cells}
     final = {c.id: s for c in cells if (s := folders[c.id].status()) in ("done", "diverged")}
-    todo = sorted((c for c in cells if c.id not in final), key=lambda c: -c.config.unique_tokens * c.config.epochs)
+    todo = sorted((c for c in cells if c.id not in final), key=lambda c: -_cost(c))  # longest first: no long tail
+    if workers == "auto":
+        workers = auto_workers(todo)
+        if todo:
+            report(f"workers: {workers} x {max(1, (os.cpu_count() or 1) // workers)} thread(s) (auto)")
+    threads = max(1, (os.cpu_count() or 1) // workers)
     waiting: set[str] = set()  # cells trained by another live process
     running: dict[str, subprocess.Popen] = {}
     try:

@@ -173,9 +173,10 @@ def varied_settings(labels: Iterable[str]) -> tuple[str, ...]:
 
 
 def describe_settings(label: str, shown: Iterable[str]) -> str:
-    """The ``shown`` settings of ``label`` as "k=v, k=v"; "default" when none of them is set."""
+    """The ``shown`` settings of ``label`` as "k=v, k=v"; "—" when none of them is set (the settings shared
+    by every run are not repeated: they need not be the defaults)."""
     parsed = parse_settings(label)
-    return ", ".join(f"{k}={parsed[k]}" for k in shown if k in parsed) or "default"
+    return ", ".join(f"{k}={parsed[k]}" for k in shown if k in parsed) or "—"
 
 
 @dataclass(frozen=True)

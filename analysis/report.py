@@ -347,8 +347,9 @@ _METHOD = """## Definitions
   label: learning rate, input masking, weight decay, EMA, dropout, curriculum, ...), model sizes and
   evaluated epochs, never a tuned objective against the other's default. Early stopping is read from the
   evaluation table (the best evaluated epoch of each run); no run is added or retrained. Settings cells name
-  the settings that differ between either side's runs at that U (unset ones left out; "default": none of
-  them set); "epoch / run" is the evaluated epoch and the run's length. ± MC: Monte Carlo SE of the gap,
+  the settings that differ between either side's runs at that U (unset ones left out; "—": none of them
+  varies, the shared settings are in each run's config.yaml); "epoch / run" is the evaluated epoch and the
+  run's length. ± MC: Monte Carlo SE of the gap,
   sqrt(MC_family^2 + MC_AR^2), with MC_AR = 0 for AR's exact NLL ("n/a": the table gives no `val_loss_se`);
   ± seeds: sqrt(SD_family^2/n_family + SD_AR^2/n_AR) over the sides with >= 2 seeds ("1 seed": a side
   without replicates); ± combined: sqrt(MC^2 + seeds^2). Verdict: "crossover (significant)" when

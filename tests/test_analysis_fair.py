@@ -91,7 +91,7 @@ def test_settings_labels_are_parsed_in_either_separator_style() -> None:
     labels = ["lr=0.002 input_mask_rate=nan", "lr=0.002 input_mask_rate=0.15"]
     assert varied_settings(labels) == ("input_mask_rate",)  # unset vs set varies; lr does not
     assert describe_settings(labels[1], ("input_mask_rate",)) == "input_mask_rate=0.15"
-    assert describe_settings(labels[0], ("input_mask_rate",)) == "default"
+    assert describe_settings(labels[0], ("input_mask_rate",)) == "—"
 
 
 # --------------------------------------------------------------------------- fair comparison
@@ -144,7 +144,7 @@ def test_one_setting_ar_says_it_was_not_tuned() -> None:
     text = section(summary_of(table), "Fair comparison per budget")
     assert "- 1M: AR 1 setting, 2 models; diffusion 1 setting, 2 models." in text
     assert "AR was not tuned at this U." in text
-    assert "| 1M | diffusion | 3.1100 | default | m20M, 4 / 4 |" in text
+    assert "| 1M | diffusion | 3.1100 | — | m20M, 4 / 4 |" in text
 
 
 def test_each_side_is_tuned_over_its_own_settings() -> None:

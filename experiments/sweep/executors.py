@@ -60,10 +60,12 @@ def _cuda_available() -> bool:
 
 
 def _cost(cell: Cell) -> float:
-    """A cell's training cost in FLOPs (6 N D, N with the embedding, which dominates small models' logits)."""
+    """A cell's training cost in FLOPs: contract 3's 6 N D, but with N counting the embedding too (the tied
+    output layer is much of a small model's work)."""
+    from analysis.table import flops
     from models import count_params
 
-    return 6.0 * count_params(cell.config.model_config()) * cell.config.unique_tokens * cell.config.epochs
+    return flops(count_params(cell.config.model_config()), cell.config.unique_tokens, cell.config.epochs)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -87,11 +89,11 @@ def run_local(root: Path, cells: list[Cell], workers: int | str, report: Callabl
     folders = {c.id: RunFolder(c.folder(root)) for c in cells}
     final = {c.id: s for c in cells if (s := folders[c.id].status()) in ("done", "diverged")}
     todo = sorted((c for c in cells if c.id not in final), key=lambda c: -_cost(c))  # longest first: no long tail
-    if workers == "auto":
-        workers = auto_workers(todo)
-        if todo:
-            report(f"workers: {workers} x {max(1, (os.cpu_count() or 1) // workers)} thread(s) (auto)")
+    auto = workers == "auto"
+    workers = auto_workers(todo) if auto else workers
     threads = max(1, (os.cpu_count() or 1) // workers)
+    if auto and todo:
+        report(f"workers: {workers} x {threads} thread(s) (auto)")
     waiting: set[str] = set()  # cells trained by another live process
     running: dict[str, subprocess.Popen] = {}
     try:

@@ -125,8 +125,8 @@ class SweepSpec:
             raise ConfigError(f"sweep spec {source!r} needs a non-empty 'axes' mapping")
         if isinstance(axes.get("objective"), dict):
             raise ConfigError(f"sweep spec {source!r}: axis 'objective' must be a list of objectives")
-        settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
-        objectives = [str(o) for o in axes.get("objective") or [settings.get("objective", "ar")]]
+        settings = _mapping(data.get("settings"), "'settings'", source)
+        objectives = [str(o) for o in _objectives(axes, settings)]
         for name, values in axes.items():
             if isinstance(values, dict):  # per objective: {ar: [...], diffusion: [...]}
                 stray = sorted(set(map(str, values)) - set(objectives))
@@ -147,7 +147,6 @@ class SweepSpec:
         for c in _all_values(axes.get("compute", [])):
             if isinstance(c, bool) or not isinstance(c, (int, float, str)) or not _positive_number(c):
                 raise ConfigError(f"sweep spec {source!r}: compute values must be positive numbers of FLOPs, got {c!r}")
-        settings = _mapping(data.get("settings"), "'settings'", source)
         clash = sorted(k for k in set(settings) & set(axes) if not isinstance(axes[k], dict))  # per objective:
         # the setting holds for the objectives the axis does not name
         if clash:
@@ -189,9 +188,8 @@ class SweepSpec:
     def points(self) -> list[dict[str, Any]]:
         """The grid: per objective, the product of the axes' values (a per-objective axis gives that
         objective's own list; an objective it does not name leaves the setting at its default)."""
-        objectives = self.axes.get("objective") or [self.settings.get("objective", "ar")]
         out = []
-        for objective in objectives:
+        for objective in _objectives(self.axes, self.settings):
             axes = {n: (v.get(objective) if isinstance(v, dict) else v) for n, v in self.axes.items()}
             axes = {n: ([objective] if n == "objective" else v) for n, v in axes.items() if v is not None}
             names = list(axes)
@@ -216,6 +214,11 @@ class SweepSpec:
             n = count_params(RunConfig.from_dict({**cfg_dict, "epochs": 1}).model_config(), non_embedding=True)
             cfg_dict["epochs"] = max(1, math.ceil(float(point["compute"]) / (6 * n * cfg_dict["unique_tokens"])))
         return RunConfig.from_dict(cfg_dict)
+
+
+def _objectives(axes: dict[str, Any], settings: dict[str, Any]) -> list[Any]:
+    """The sweep's objectives: its ``objective`` axis, else the one of its settings (default ar)."""
+    return axes.get("objective") or [settings.get("objective", "ar")]
 
 
 def _all_values(values: list[Any] | dict[str, list[Any]]) -> list[Any]:
